@@ -1,0 +1,190 @@
+"""Attention over paged KV: the torch reference (CPU path, test oracle) and the backend switch.
+
+Every attention call in the repository goes through :func:`paged_attention` and
+:func:`merge_attention_states`; the ``backend`` argument picks the torch reference below or the
+Triton kernels in :mod:`core.triton_attention` (``auto`` = Triton on CUDA, torch elsewhere).
+
+Semantics, shared by both backends, for one sequence ``b`` with ``n`` new query tokens and a
+context of ``L`` tokens laid out over ``block_tables[b]``:
+
+* default: query ``i`` may attend to context tokens ``j <= L - n + i`` (causal, new tokens last);
+* with ``masks[b]`` (n, L) bool: exactly the True entries;
+* with ``sliding_window = W``: additionally ``q_pos - k_pos < W``, using token positions (the
+  pool's per-slot positions), so windows stay correct when positions have gaps;
+* GQA: query head ``h`` reads KV head ``h // (num_heads // num_kv_heads)``.
+
+Outputs are ``o`` (T, H, D) and the log-sum-exp of the scaled scores ``lse`` (T, H) in fp32,
+natural log. A query row with nothing to attend to gets ``o = 0`` and ``lse = -inf``, which the
+merge treats as an empty part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+BACKENDS = ("torch", "triton", "auto")
+
+
+@dataclass
+class AttentionMetadata:
+    """The ragged batch as attention sees it (names follow vLLM)."""
+
+    query_start: list[int]  # (B+1,) offsets of each sequence's queries in the flat (T, ...) batch
+    block_tables: list[list[int]]  # per sequence: the pages of its context, in order
+    context_lens: list[int]  # per sequence: valid tokens in its context
+    masks: list[torch.Tensor | None]  # per sequence: (n_b, L_b) bool or None (causal)
+    query_positions: torch.Tensor  # (T,) int64
+    slot_mapping: torch.Tensor  # (T,) int64: where each new token's K/V is written
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens)
+
+    @cached_property
+    def is_decode(self) -> bool:
+        """One query per sequence and no custom masks: the decode kernel's case."""
+        return all(m is None for m in self.masks) and all(
+            self.query_start[b + 1] - self.query_start[b] == 1 for b in range(self.num_seqs)
+        )
+
+    @cached_property
+    def block_table_tensor(self) -> torch.Tensor:
+        """(B, max_pages) int32, padded with 0 (padding is never read: context_lens bound it)."""
+        width = max((len(t) for t in self.block_tables), default=0)
+        out = torch.zeros(self.num_seqs, max(width, 1), dtype=torch.int32)
+        for b, t in enumerate(self.block_tables):
+            if t:
+                out[b, : len(t)] = torch.as_tensor(list(t), dtype=torch.int32)
+        return out
+
+
+def write_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Scatter new K/V (T, KVH, D) into the paged caches at ``slot_mapping``."""
+    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
+    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+
+
+def allowed_mask(
+    n: int,
+    context_len: int,
+    mask: torch.Tensor | None,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """The (n, L) boolean mask of which context tokens each query may attend to."""
+    if mask is None:
+        rows = torch.arange(n, device=q_pos.device).unsqueeze(1) + (context_len - n)
+        allowed = torch.arange(context_len, device=q_pos.device).unsqueeze(0) <= rows
+    else:
+        allowed = mask.to(torch.bool)
+    if sliding_window is not None:
+        allowed = allowed & ((q_pos.unsqueeze(1) - k_pos.unsqueeze(0)) < sliding_window)
+    return allowed
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense masked attention for one sequence. q (n,H,D); k,v (L,KVH,D); allowed (n,L)."""
+    n, num_heads, _ = q.shape
+    group = num_heads // k.shape[1]
+    qf = q.float().view(n, k.shape[1], group, -1)  # (n, KVH, G, D)
+    scores = torch.einsum("nkgd,lkd->kgnl", qf, k.float()) * scale  # (KVH, G, n, L)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (KVH, G, n)
+    probs = torch.exp(scores - lse.unsqueeze(-1).clamp_min(-1e30))
+    probs = torch.nan_to_num(probs, nan=0.0)
+    out = torch.einsum("kgnl,lkd->nkgd", probs, v.float()).reshape(n, num_heads, -1)
+    return out.to(q.dtype), lse.permute(2, 0, 1).reshape(n, num_heads)
+
+
+def paged_attention_torch(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_positions: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference paged attention over a ragged batch: one dense attention per sequence."""
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    page_size = k_cache.shape[1]
+    for b in range(meta.num_seqs):
+        s, e = meta.query_start[b], meta.query_start[b + 1]
+        if e == s:
+            continue
+        length = meta.context_lens[b]
+        pages = torch.as_tensor(meta.block_tables[b], dtype=torch.long, device=q.device)
+        k = k_cache.index_select(0, pages).flatten(0, 1)[:length]
+        v = v_cache.index_select(0, pages).flatten(0, 1)[:length]
+        k_pos = slot_positions.index_select(0, pages).flatten()[:length] if sliding_window else None
+        if k.shape[0] < length:
+            raise ValueError(f"context_len {length} exceeds {len(pages)} pages of {page_size}")
+        allowed = allowed_mask(e - s, length, meta.masks[b], meta.query_positions[s:e], k_pos, sliding_window)
+        out[s:e], lse[s:e] = attention_reference(q[s:e], k, v, allowed, scale)
+    return out, lse
+
+
+def merge_attention_states_torch(
+    outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention over the union of disjoint KV parts from each part's (out, lse).
+
+    out = sum_i exp(lse_i - lse) * out_i with lse = logsumexp_i(lse_i). Parts with lse = -inf
+    (nothing attended) contribute nothing.
+    """
+    lse_stack = torch.stack([x.float() for x in lses])  # (P, T, H)
+    lse = torch.logsumexp(lse_stack, dim=0)
+    weights = torch.exp(lse_stack - lse.clamp_min(-1e30).unsqueeze(0))
+    weights = torch.nan_to_num(weights, nan=0.0)
+    out = sum(w.unsqueeze(-1) * o.float() for w, o in zip(weights, outs))
+    return out.to(outs[0].dtype), lse
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if torch.device(device).type == "cuda" else "torch"
+    return backend
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_positions: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    sliding_window: int | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of the batch's queries over their paged contexts; returns (out, lse)."""
+    if resolve_backend(backend, q.device) == "triton":
+        from core import triton_attention
+
+        return triton_attention.paged_attention(q, k_cache, v_cache, slot_positions, meta, scale, sliding_window)
+    return paged_attention_torch(q, k_cache, v_cache, slot_positions, meta, scale, sliding_window)
+
+
+def merge_attention_states(
+    outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor], backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if resolve_backend(backend, outs[0].device) == "triton":
+        from core import triton_attention
+
+        return triton_attention.merge_attention_states(outs, lses)
+    return merge_attention_states_torch(outs, lses)
