@@ -117,8 +117,13 @@ def paged_attention_torch(
     meta: AttentionMetadata,
     scale: float,
     sliding_window: int | None = None,
+    need_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference paged attention over a ragged batch: one dense attention per sequence."""
+    """Reference paged attention over a ragged batch: one dense attention per sequence.
+
+    With ``need_lse=False`` it calls torch's fused ``scaled_dot_product_attention`` (faster on the
+    CPU) and returns ``lse`` unfilled; callers that merge states must ask for it.
+    """
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     page_size = k_cache.shape[1]
@@ -134,8 +139,22 @@ def paged_attention_torch(
         if k.shape[0] < length:
             raise ValueError(f"context_len {length} exceeds {len(pages)} pages of {page_size}")
         allowed = allowed_mask(e - s, length, meta.masks[b], meta.query_positions[s:e], k_pos, sliding_window)
-        out[s:e], lse[s:e] = attention_reference(q[s:e], k, v, allowed, scale)
+        if need_lse:
+            out[s:e], lse[s:e] = attention_reference(q[s:e], k, v, allowed, scale)
+        else:
+            out[s:e] = _sdpa(q[s:e], k, v, allowed, scale)
     return out, lse
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float) -> torch.Tensor:
+    group = q.shape[1] // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=allowed, scale=scale
+    ).transpose(0, 1)
+    # A row that may attend to nothing comes back NaN; the contract says zeros.
+    return torch.nan_to_num(out, nan=0.0)
 
 
 def merge_attention_states_torch(
@@ -171,13 +190,17 @@ def paged_attention(
     scale: float,
     sliding_window: int | None = None,
     backend: str = "auto",
+    need_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of the batch's queries over their paged contexts; returns (out, lse)."""
+    """Attention of the batch's queries over their paged contexts; returns (out, lse).
+
+    ``need_lse=False`` lets the torch path skip computing lse (the Triton kernels always do).
+    """
     if resolve_backend(backend, q.device) == "triton":
         from core import triton_attention
 
         return triton_attention.paged_attention(q, k_cache, v_cache, slot_positions, meta, scale, sliding_window)
-    return paged_attention_torch(q, k_cache, v_cache, slot_positions, meta, scale, sliding_window)
+    return paged_attention_torch(q, k_cache, v_cache, slot_positions, meta, scale, sliding_window, need_lse)
 
 
 def merge_attention_states(
