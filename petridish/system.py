@@ -1,0 +1,83 @@
+"""Petridish: the controller that wires one service to one user process per user.
+
+The controller plays the part of the paper's process controller: it receives each user's prompt
+(over what would be an encrypted, attested channel) and relays it straight to that user's process;
+the service only ever gets the user's :class:`PrefillReply` and partial attention. User processes
+persist across calls (their model is loaded once); a dead one is replaced on the next call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from core.sampling import SamplingParams
+from petridish.messages import PromptRequest
+from petridish.model_spec import ModelSpec
+from petridish.service_process import RequestResult, ServiceConfig, ServiceProcess
+from petridish.user_process import UserProcess, UserProcessConfig
+
+
+class Petridish:
+    """Secure Partitioned Decoding for ``num_users`` users on one shared service."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        num_users: int,
+        service_config: ServiceConfig | None = None,
+        user_config: UserProcessConfig | None = None,
+        keep_logits: bool = False,
+    ):
+        self.spec = spec
+        self.user_config = user_config or UserProcessConfig()
+        model, tokenizer = spec.load()
+        self.service = ServiceProcess(model, tokenizer, service_config, keep_logits=keep_logits)
+        self.users = [self._spawn() for _ in range(num_users)]
+        for user in self.users:  # processes load in parallel; wait for all
+            user.wait_ready()
+        self._next_id = 0
+
+    def _spawn(self) -> UserProcess:
+        c = self.service.model.config
+        return UserProcess(self.spec, c.num_heads, c.head_dim, self.user_config)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        params: SamplingParams | None = None,
+        public_prefix: str = "",
+        obfuscation: object | None = None,
+    ) -> list[RequestResult]:
+        """Serve one private prompt per user (prompt i goes to user i); results in prompt order."""
+        if len(prompts) > len(self.users):
+            raise ValueError(f"{len(prompts)} prompts for {len(self.users)} user processes")
+        params = params or SamplingParams()
+        t0 = time.perf_counter()
+        ids = []
+        for i, prompt in enumerate(prompts):
+            if not self.users[i].process.is_alive():
+                self.users[i].close()
+                self.users[i] = self._spawn()
+            ids.append(self._next_id)
+            # The prompt goes to the user process only; the request object is not kept.
+            self.users[i].submit(PromptRequest(self._next_id, prompt, params, public_prefix, obfuscation))
+            self._next_id += 1
+        results: dict[int, RequestResult] = {}
+        for i, rid in enumerate(ids):
+            done = self.service.admit(self.users[i], rid, params, public_prefix, t_start=t0)
+            if done is not None:
+                results[rid] = done
+        for r in self.service.run():
+            results[r.request_id] = r
+        return [results[rid] for rid in ids]
+
+    def close(self) -> None:
+        for user in self.users:
+            user.close()
+
+    def __enter__(self) -> Petridish:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
