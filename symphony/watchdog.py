@@ -1,0 +1,103 @@
+"""Preempting a LIP that runs too long without a blocking syscall (a timer interrupt, in OS terms).
+
+LIPs run as coroutines on the kernel's thread, so a LIP stuck in ``while True: pass`` would stall
+every other LIP. A watchdog thread watches each time slice; when one passes its deadline it raises
+:class:`LIPTerminated` in the kernel thread (CPython's ``PyThreadState_SetAsyncExc``, delivered
+between bytecodes), and keeps raising it every few milliseconds until the slice ends, so a LIP
+that catches it cannot keep running.
+
+Kernel code must never be interrupted half-way through a KVFS update, so syscalls run *masked*
+(:meth:`Watchdog.masked`): the watchdog does not fire while a syscall runs, and an overdue slice
+is ended by raising at the syscall's exit instead. Blocking C calls (``time.sleep``, sockets) are
+not interruptible this way; LIPs do such work through ``call_tool``, which runs on worker threads
+with a timeout.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from symphony.errors import LIPTerminated
+
+_FIRE_INTERVAL_S = 0.005
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Schedule ``exc`` in another thread (None clears a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc is not None else ctypes.c_void_p(0)
+    )
+
+
+class Watchdog:
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._thread_id: int | None = None
+        self._deadline = 0.0
+        self._masked = 0
+        self.fired = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="symphony-watchdog", daemon=True)
+        self._thread.start()
+
+    def begin(self, seconds: float) -> None:
+        """Start a slice on the calling thread that may last ``seconds``."""
+        with self._cv:
+            self._thread_id, self._deadline, self._masked = threading.get_ident(), time.monotonic() + seconds, 0
+            self._cv.notify()
+
+    def end(self) -> None:
+        """End the slice and cancel any interrupt scheduled but not yet delivered."""
+        with self._cv:
+            if self._thread_id is not None:
+                _raise_in_thread(self._thread_id, None)
+            self._thread_id = None
+
+    def overdue(self) -> bool:
+        return self._thread_id is not None and time.monotonic() > self._deadline
+
+    @contextmanager
+    def masked(self) -> Iterator[None]:
+        """Run kernel code without interruption; raise at its end if the LIP's own time ran out.
+
+        Time spent inside is kernel time and extends the slice's deadline (a slow syscall such
+        as building the vocabulary table once must not count as the LIP looping).
+        """
+        with self._cv:
+            self._masked += 1
+            if self._thread_id is not None:
+                _raise_in_thread(self._thread_id, None)
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._masked -= 1
+                self._deadline += time.monotonic() - t0  # kernel time is not charged to the slice
+                overdue = self._masked == 0 and self.overdue()
+        if overdue:
+            raise LIPTerminated("time slice exceeded")
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        with self._cv:
+            while not self._stop:
+                if self._thread_id is None:
+                    self._cv.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cv.wait(remaining)
+                    continue
+                if not self._masked:
+                    _raise_in_thread(self._thread_id, LIPTerminated)
+                    self.fired += 1
+                self._cv.wait(_FIRE_INTERVAL_S)
