@@ -1,0 +1,177 @@
+"""Command batching: forward calls from many inferlets become one ``Model.forward`` batch.
+
+Every inferlet runs on its own thread and blocks in its ``forward`` host call. The call becomes a
+*command* on one queue; a single worker thread (the only thread that runs the model) takes queued
+commands, waits according to the :class:`BatchPolicy`, and runs them as one ragged batch. This is
+the paper's command-queue scheduling, with its batching policies:
+
+* ``eager``: run whatever is queued as soon as the model is free;
+* ``k``: wait for ``k`` commands (or ``timeout_s`` after the first);
+* ``t``: wait ``timeout_s`` after the first command, then run what is queued;
+* ``adaptive``: run as soon as every inferlet that could submit has submitted (each running
+  inferlet not blocked on the client or a tool), or after ``timeout_s``. With one inferlet this
+  is eager; with many it forms full batches without a fixed wait.
+
+Threads, not asyncio: a wasm call into an inferlet is a blocking native call (wasmtime releases
+the GIL while wasm runs), and a host call must return its result to the same native stack, so a
+thread per inferlet is the plain model. Torch releases the GIL inside kernels, so the worker and
+the inferlets overlap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from core.batch import ForwardEntry, ForwardOutput
+from core.kv_cache import KVPool
+
+POLICIES = ("eager", "k", "t", "adaptive")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    kind: str = "adaptive"
+    k: int = 8
+    timeout_s: float = 0.005
+    max_batch_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICIES:
+            raise ValueError(f"unknown batch policy {self.kind!r}; choose one of {', '.join(POLICIES)}")
+
+
+@dataclass
+class _Command:
+    entry: ForwardEntry
+    submission: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+    output: ForwardOutput | None = None
+    error: BaseException | None = None
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    commands: int = 0
+    tokens: int = 0
+    forward_s: float = 0.0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.commands / self.batches if self.batches else 0.0
+
+
+class CommandBatcher:
+    """The single model thread: collects forward commands and runs them in batches."""
+
+    def __init__(self, model, pool: KVPool, policy: BatchPolicy, ready_inferlets: Callable[[], int]):
+        self.model, self.pool, self.policy = model, pool, policy
+        self._ready_inferlets = ready_inferlets  # how many inferlets could submit a command now
+        self._queue: list[_Command] = []
+        self._cond = threading.Condition()
+        self._running = True
+        self._submissions = 0  # id of the last submit_many call
+        self.stats = BatchStats()
+        self._thread = threading.Thread(target=self._loop, name="pie-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: ForwardEntry) -> ForwardOutput:
+        """Queue one forward entry and block until its batch has run."""
+        return self.submit_many([entry])[0]
+
+    def submit_many(self, entries: list[ForwardEntry]) -> list[ForwardOutput]:
+        """Queue entries together (one inferlet's parallel passes) and block until all have run."""
+        cmds = [_Command(e) for e in entries]
+        with self._cond:
+            if not self._running:
+                raise RuntimeError("the command batcher is stopped")
+            self._submissions += 1
+            for c in cmds:
+                c.submission = self._submissions
+            self._queue.extend(cmds)
+            self._cond.notify_all()
+        for c in cmds:
+            c.done.wait()
+        for c in cmds:
+            if c.error is not None:
+                raise c.error
+        return [c.output for c in cmds]
+
+    def wake(self) -> None:
+        """Re-check the policy (an inferlet started waiting on I/O or ended)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    # -- worker ----------------------------------------------------------------------------
+    def _ready(self) -> bool:
+        p, n = self.policy, len(self._queue)
+        if p.kind == "eager":
+            return True
+        if p.kind == "k":
+            return n >= p.k
+        if p.kind == "t":
+            return False
+        # adaptive: every inferlet able to submit has a submission in (one call may queue many passes)
+        return len({c.submission for c in self._queue}) >= max(1, self._ready_inferlets())
+
+    def _take_batch(self) -> list[_Command] | None:
+        with self._cond:
+            while self._running and not self._queue:
+                self._cond.wait()
+            if not self._running:
+                return None
+            deadline = self._queue[0].enqueued_at + self.policy.timeout_s
+            while self._running and not self._ready():
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch, tokens = [], 0
+            while self._queue and (not batch or tokens + self._queue[0].entry.num_new <= self.policy.max_batch_tokens):
+                cmd = self._queue.pop(0)
+                batch.append(cmd)
+                tokens += cmd.entry.num_new
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                break
+            self._run(batch)
+        with self._cond:  # fail whatever is left so no inferlet thread waits forever
+            for cmd in self._queue:
+                cmd.error = RuntimeError("the command batcher stopped")
+                cmd.done.set()
+            self._queue.clear()
+
+    def _run(self, batch: list[_Command]) -> None:
+        t0 = time.perf_counter()
+        try:
+            outputs = self.model.forward(self.pool, [c.entry for c in batch])
+            for c, out in zip(batch, outputs):
+                c.output = out
+        except Exception as e:
+            if len(batch) == 1:
+                batch[0].error = e
+            else:  # isolate the bad entry: one inferlet's malformed command must not fail the others
+                for c in batch:
+                    self._run([c])
+                return
+        finally:
+            self.stats.forward_s += time.perf_counter() - t0
+        self.stats.batches += 1
+        self.stats.commands += len(batch)
+        self.stats.tokens += sum(c.entry.num_new for c in batch)
+        for c in batch:
+            c.done.set()
