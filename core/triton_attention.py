@@ -52,17 +52,7 @@ class TritonAttentionError(ValueError):
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    # fp32 inputs would otherwise run as TF32 on tensor cores (~1e-3 relative error); the
-    # reference is exact fp32, so fp32 asks for full precision. bf16/fp16 use tensor cores.
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
-
-
-@triton.jit
-def _online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
+def _online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
     """Fold one tile of scores ``s`` (M, N; log2 units, -inf = not allowed) and values ``v`` (N, D)
     into the running max ``m_i``, normaliser ``l_i`` and unnormalised output ``acc``."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -71,7 +61,7 @@ def _online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
 
 
@@ -100,7 +90,7 @@ def _prefill_kernel(
     stride_ot, stride_oh, stride_lt, stride_lh, stride_bt, stride_pp,
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_MASK: tl.constexpr, SLIDING: tl.constexpr, IEEE: tl.constexpr,
+    HAS_MASK: tl.constexpr, SLIDING: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Flash attention of BLOCK_M // GROUP_PAD query tokens of one sequence (all GROUP query heads
     of one KV head) over that sequence's pages.
@@ -164,14 +154,14 @@ def _prefill_kernel(
             mask=needed,
             other=0.0,
         )
-        s = _dot(q, tl.trans(k), IEEE) * sm_scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
         s = tl.where(allowed, s, float("-inf"))
         v = tl.load(
             v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :],
             mask=needed,
             other=0.0,
         )
-        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, IEEE)
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
     out, lse = _finish(m_i, l_i, acc)
     tl.store(
@@ -195,7 +185,7 @@ def _decode_kernel(
     stride_qt, stride_qh, stride_kp, stride_ks, stride_kh, stride_vp, stride_vs, stride_vh,
     stride_os, stride_ot, stride_oh, stride_ls, stride_lt, stride_lh, stride_bt, stride_pp,
     HEAD_DIM: tl.constexpr, PAGE_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SLIDING: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SLIDING: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Attention of one sequence's single query (all GROUP heads of one KV head) over one split
     ``[split * tokens_per_split, (split + 1) * tokens_per_split)`` of its context.
@@ -243,14 +233,14 @@ def _decode_kernel(
             mask=key_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        s = _dot(q, tl.trans(k), IEEE) * sm_scale_log2
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
         s = tl.where(row_ok[:, None] & key_ok[None, :], s, float("-inf"))
         v = tl.load(
             v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :],
             mask=key_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, IEEE)
+        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
 
     out, lse = _finish(m_i, l_i, acc)
     base_o = split.to(tl.int64) * stride_os + seq.to(tl.int64) * stride_ot
@@ -423,6 +413,12 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return num_heads, num_kv_heads, head_dim
 
 
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 operands would otherwise run as TF32 on tensor cores (~1e-3 relative error) while the
+    # reference is exact fp32; "tf32" is the default and has no effect on bf16/fp16 operands.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
 def _is_gpu(device: torch.device) -> bool:
     return device.type == "cuda"
 
@@ -464,7 +460,7 @@ def paged_prefill(
         out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), dm.block_table.stride(0), slot_positions.stride(0),
         HEAD_DIM=head_dim, PAGE_SIZE=k_cache.shape[1], GROUP=group, GROUP_PAD=group_pad,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        HAS_MASK=has_mask, SLIDING=sliding_window is not None, IEEE=q.dtype == torch.float32,
+        HAS_MASK=has_mask, SLIDING=sliding_window is not None, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=4 if block_d <= 64 else 8, num_stages=2,
     )  # fmt: skip
     return out, lse
@@ -530,7 +526,7 @@ def paged_decode(
         dm.block_table.stride(0), slot_positions.stride(0),
         HEAD_DIM=head_dim, PAGE_SIZE=k_cache.shape[1], GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
-        SLIDING=sliding_window is not None, IEEE=q.dtype == torch.float32,
+        SLIDING=sliding_window is not None, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=4, num_stages=3,
     )  # fmt: skip
     if num_splits > 1:
