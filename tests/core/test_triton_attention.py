@@ -245,6 +245,14 @@ def test_mask_of_wrong_shape_is_rejected():
         ta.paged_prefill(*batch.args())
 
 
+@pytest.fixture
+def gemma3(tiny_gemma3):
+    """The session's tiny Gemma 3, with its attention backend restored afterwards (it is shared)."""
+    backend = tiny_gemma3.model.attention_backend
+    yield tiny_gemma3
+    tiny_gemma3.model.attention_backend = backend
+
+
 def _forward_steps(model, backend: str, prompts: list[list[int]], chunk: int):
     """Chunked prefill of ``prompts`` then two decode steps; logits and lse of every step."""
     from core.sequence import KVSequence
@@ -262,11 +270,9 @@ def _forward_steps(model, backend: str, prompts: list[list[int]], chunk: int):
     return results
 
 
-def test_model_logits_and_lse_with_triton_backend_match_torch_backend_on_tiny_gemma3():
+def test_model_logits_and_lse_with_triton_backend_match_torch_backend_on_tiny_gemma3(gemma3):
     # Tiny Gemma 3: sliding-window (8) and global layers, 2 query heads per KV head, page size 4.
-    from core.testing import tiny_model
-
-    model = tiny_model("gemma3").model
+    model = gemma3.model
     prompts = [list(range(3, 22)), list(range(40, 49)), [5]]
     want = _forward_steps(model, "torch", prompts, chunk=6)
     got = _forward_steps(model, "triton", prompts, chunk=6)
@@ -275,13 +281,12 @@ def test_model_logits_and_lse_with_triton_backend_match_torch_backend_on_tiny_ge
         assert _rel_err(lse, ref_lse) < TOL
 
 
-def test_engine_with_triton_backend_gives_torch_backend_greedy_tokens_on_tiny_gemma3():
+def test_engine_with_triton_backend_gives_torch_backend_greedy_tokens_on_tiny_gemma3(gemma3):
     from core.config import EngineConfig
     from core.engine import Engine
     from core.sampling import SamplingParams
-    from core.testing import tiny_model
 
-    loaded = tiny_model("gemma3")
+    loaded = gemma3
     prompts = ["The quick brown fox jumps over", "paged attention!"]
     tokens = {}
     for backend in ("torch", "triton"):
