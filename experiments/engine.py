@@ -5,9 +5,9 @@ systems on identical prompts (token ids), greedy decoding, the same dtype, devic
 
 * prefill (``fig_prefill_throughput``): time to the first token of one prompt of N tokens, as
   prompt tokens per second;
-* decode (``fig_decode_throughput``): B prompts decoded together; decode time is
-  ``time(generate T tokens) - time(generate 1 token)``, so prefill is left out the same way for
-  both systems, and throughput is ``B * (T - 1) / decode time``.
+* decode (``fig_decode_throughput``): B prompts decoded together for T tokens; decode time runs
+  from the moment every sequence has its first token to the end, measured the same way for both
+  systems (our request metrics; a transformers streamer), and throughput is ``B * (T - 1) / decode time``.
 
 Every decode row also keeps the generated token ids, so the figure reports whether our greedy
 tokens equal transformers' (a correctness check that rides along with the timing).
@@ -61,14 +61,11 @@ def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> dict:
     prompts = _prompts(ctx, point["batch_size"], point["prompt_len"])
     generate = _ours(ctx) if point["system"] == "ours" else _transformers(ctx)
     if point["phase"] == "prefill":
-        seconds, out = _timed(lambda: generate(prompts, 1), cfg.profile)
-        return {"ttft_s": seconds, "prefill_tokens_per_s": point["prompt_len"] / seconds,
-                "first_token": out[0][0]}
-    t_first, _ = _timed(lambda: generate(prompts, 1), cfg.profile)
-    t_all, out = _timed(lambda: generate(prompts, point["new_tokens"]), cfg.profile)
-    decode_s = max(t_all - t_first, 1e-9)
+        ttft_s, _, out = _timed(lambda: generate(prompts, 1), cfg.profile, cfg.engine.device)
+        return {"ttft_s": ttft_s, "prefill_tokens_per_s": point["prompt_len"] / ttft_s, "first_token": out[0][0]}
+    ttft_s, decode_s, out = _timed(lambda: generate(prompts, point["new_tokens"]), cfg.profile, cfg.engine.device)
     decoded = point["batch_size"] * (point["new_tokens"] - 1)
-    return {"decode_s": decode_s, "decode_tokens_per_s": decoded / decode_s,
+    return {"ttft_s": ttft_s, "decode_s": decode_s, "decode_tokens_per_s": decoded / decode_s,
             "tpot_s": decode_s / (point["new_tokens"] - 1), "output_token_ids": out}
 
 
@@ -87,8 +84,10 @@ def fig_decode_throughput(records: list[dict], cfg: DictConfig) -> FigureResult:
     return FigureResult(fig, f"{ours}; {_greedy_agreement(rows)}")
 
 
-# -- the two systems behind one call: generate(prompts, n) -> generated token ids per prompt --------
-Generate = Callable[[list[list[int]], int], list[list[int]]]
+# -- the two systems behind one call -----------------------------------------------------------------
+# generate(prompts, n) -> (generated token ids per prompt, perf_counter time when every prompt had
+# its first token). The caller times the call; the timestamp splits it into TTFT and decode time.
+Generate = Callable[[list[list[int]], int], tuple[list[list[int]], float]]
 
 
 def _ours(ctx: WorkerContext) -> Generate:
@@ -96,9 +95,9 @@ def _ours(ctx: WorkerContext) -> Generate:
 
     engine = ctx.engine()
 
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], n: int) -> tuple[list[list[int]], float]:
         outs = engine.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))
-        return [o.token_ids for o in outs]
+        return [o.token_ids for o in outs], max(o.metrics.first_token_s for o in outs)
 
     return generate
 
@@ -111,13 +110,33 @@ def _transformers(ctx: WorkerContext) -> Generate:
     device = ctx.cfg.engine.device
 
     @torch.inference_mode()
-    def generate(prompts: list[list[int]], n: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], n: int) -> tuple[list[list[int]], float]:
         ids = torch.tensor(prompts, device=device)  # equal lengths: no padding, nothing to mask
+        clock = _FirstTokenClock(device)
         out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                          min_new_tokens=n, do_sample=False, pad_token_id=0)
-        return out[:, ids.shape[1]:].tolist()
+                          min_new_tokens=n, do_sample=False, pad_token_id=0, streamer=clock)
+        return out[:, ids.shape[1]:].tolist(), clock.first_token_s
 
     return generate
+
+
+class _FirstTokenClock:
+    """A transformers streamer that only notes when the first generated tokens arrive.
+
+    ``generate`` calls ``put`` once with the prompt, then once per step with the new tokens.
+    """
+
+    def __init__(self, device: str):
+        self._device, self._calls, self.first_token_s = device, 0, float("nan")
+
+    def put(self, value) -> None:
+        self._calls += 1
+        if self._calls == 2:
+            _sync(self._device)
+            self.first_token_s = time.perf_counter()
+
+    def end(self) -> None:
+        pass
 
 
 def _load_transformers(cfg: DictConfig):
@@ -168,16 +187,29 @@ def _prompts(ctx: WorkerContext, batch_size: int, prompt_len: int) -> list[list[
     return prompts
 
 
-def _timed(fn: Callable[[], list[list[int]]], profile: DictConfig) -> tuple[float, list[list[int]]]:
-    """Median wall time of ``profile.repeats`` runs after ``profile.warmup`` untimed ones."""
+def _timed(fn: Callable[[], tuple[list[list[int]], float]], profile: DictConfig, device: str = "cpu"
+           ) -> tuple[float, float, list[list[int]]]:
+    """Median (TTFT, decode time) of ``profile.repeats`` runs after ``profile.warmup`` untimed ones."""
     for _ in range(profile.warmup):
         fn()
-    times, out = [], []
+    ttfts, decodes, out = [], [], []
     for _ in range(max(1, profile.repeats)):
+        _sync(device)
         start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        out, first_token_s = fn()
+        _sync(device)
+        end = time.perf_counter()
+        ttfts.append(first_token_s - start)
+        decodes.append(end - first_token_s)
+    return statistics.median(ttfts), statistics.median(decodes), out
+
+
+def _sync(device: str) -> None:
+    # CUDA runs asynchronously: wait for queued kernels before reading the clock.
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 # -- figures ------------------------------------------------------------------------------------------
@@ -208,7 +240,7 @@ def _speedups(rows: list[dict], x_key: str, y_key: str, label: str) -> str:
             continue
         text = f"{label.format(x)}: {ours:.1f} tok/s"
         if theirs:
-            text += f" vs {theirs:.1f} ({ours / theirs:.2f}x)"
+            text += f" vs transformers {theirs:.1f} ({ours / theirs:.2f}x)"
         parts.append(text)
     return "; ".join(parts)
 
