@@ -147,8 +147,11 @@ def _prefill_kernel(
         if SLIDING:
             k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=j_ok, other=0)
             allowed = allowed & ((q_pos[:, None] - k_pos[None, :]) < sliding_window)
-        # Read only keys some row may attend to: masked-out and out-of-window pages cost no bandwidth.
-        needed = (tl.max(allowed.to(tl.int32), axis=0) > 0)[:, None] & d_ok[None, :]
+        if HAS_MASK or SLIDING:
+            # Read only keys some row may attend to: masked-out and out-of-window pages cost no bandwidth.
+            needed = (tl.max(allowed.to(tl.int32), axis=0) > 0)[:, None] & d_ok[None, :]
+        else:
+            needed = j_ok[:, None] & d_ok[None, :]  # causal: every key before kv_end is someone's
         k = tl.load(
             k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :],
             mask=needed,
@@ -281,11 +284,13 @@ def _merge_kernel(
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_sum = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for p in range(num_parts):
-        lse_p = tl.load(parts_lse_ptr + p * stride_lp + token * stride_lt + h * stride_lh, mask=h_ok,
-                        other=float("-inf")).to(tl.float32)  # fmt: skip
-        o_p = tl.load(parts_out_ptr + p * stride_pp + token * stride_pt + h[:, None] * stride_ph + d[None, :],
-                      mask=io_mask, other=0.0).to(tl.float32)  # fmt: skip
+    lse_ptrs = parts_lse_ptr + token * stride_lt + h * stride_lh
+    out_ptrs = parts_out_ptr + token * stride_pt + h[:, None] * stride_ph + d[None, :]
+    for _ in range(num_parts):
+        lse_p = tl.load(lse_ptrs, mask=h_ok, other=float("-inf")).to(tl.float32)
+        o_p = tl.load(out_ptrs, mask=io_mask, other=0.0).to(tl.float32)
+        lse_ptrs += stride_lp  # advancing 64-bit pointers: part * stride never overflows int32
+        out_ptrs += stride_pp
         m_new = tl.maximum(m, lse_p)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m - m_safe)
@@ -375,11 +380,17 @@ def _device_meta(meta: AttentionMetadata, device: torch.device, num_pages: int, 
 def _work_list(meta: AttentionMetadata, dm: _DeviceMeta, block_q: int, device: torch.device):
     """(sequence, first query token) of each prefill program: ragged sequences, no padding work."""
     if block_q not in dm.work_lists:
-        seqs, firsts = [], []
-        for b in range(meta.num_seqs):
-            for first in range(0, meta.query_start[b + 1] - meta.query_start[b], block_q):
-                seqs.append(b)
-                firsts.append(first)
+        items = [
+            (b, first)
+            for b in range(meta.num_seqs)
+            for first in range(0, meta.query_start[b + 1] - meta.query_start[b], block_q)
+        ]
+        # Longest programs first (a causal block's work grows with its last query's context
+        # index), so the short ones fill the tail of the grid instead of a long one running alone.
+        n = [meta.query_start[b + 1] - meta.query_start[b] for b in range(meta.num_seqs)]
+        items.sort(key=lambda it: -(meta.context_lens[it[0]] - n[it[0]] + it[1]))
+        seqs = [b for b, _ in items]
+        firsts = [first for _, first in items]
         dm.work_lists[block_q] = (
             torch.as_tensor(seqs, dtype=torch.int32).to(device),
             torch.as_tensor(firsts, dtype=torch.int32).to(device),
