@@ -33,13 +33,21 @@ def few_shot_example() -> list[Segment]:
     ]
 
 
-def build_prompt(vocab: CMLVocab, tokenizer, task: BFCLTask, few_shot: bool = False) -> list[int]:
-    """Token ids of the chat prompt for ``task`` (BOS included), ending where the model writes."""
-    docs = json.dumps(task.functions, separators=(",", ":"))
-    body: list[Segment] = [*_INSTRUCTIONS, docs, "\n\n"]
-    if few_shot:
-        body += few_shot_example()
-    body += [task.question]
+def build_prompt(
+    vocab: CMLVocab, tokenizer, task: BFCLTask, few_shot: bool = False, with_docs: bool = True
+) -> list[int]:
+    """Token ids of the chat prompt for ``task`` (BOS included), ending where the model writes.
+
+    ``with_docs=False`` is a minimal prompt for tiny test models with short contexts: function
+    names and the first 120 characters of the question, no instructions.
+    """
+    if with_docs:
+        body: list[Segment] = [*_INSTRUCTIONS, json.dumps(task.functions, separators=(",", ":")), "\n\n"]
+        if few_shot:
+            body += few_shot_example()
+        body += [task.question]
+    else:
+        body = [",".join(f["name"] for f in task.functions), "\n", task.question[:120]]
     # Render the chat turn around a placeholder, then splice the segments in as ids.
     marker = "\x00BODY\x00"
     chat = tokenizer.apply_chat_template([{"role": "user", "content": marker}])

@@ -46,18 +46,18 @@ class CMLVocab:
 
     @classmethod
     def for_tokenizer(cls, tokenizer, tag_ids: dict[Tag, int] | None = None) -> CMLVocab:
-        """Use explicit ``tag_ids``, else the tokenizer's ``<unused0>`` .. ``<unused4>`` (Gemma).
+        """Use explicit ``tag_ids``, else ``<unused0>`` .. ``<unused4>`` (Gemma), else control bytes.
 
-        A tokenizer without those tokens (Llama, the byte-level test tokenizer) must be given
-        ``tag_ids``: reserved or added special tokens that ``encode()`` never produces from text.
+        The last fallback serves byte-level tokenizers (the tiny test models): the bytes
+        ``\\x01`` .. ``\\x05`` never occur in BFCL text, each is one token, and :meth:`encode`
+        splices tags in as ids. Any other tokenizer must be given ``tag_ids`` (reserved or added
+        special tokens that ``encode()`` never produces from text).
         """
+        tag_ids = tag_ids or _unused_token_ids(tokenizer) or _control_byte_ids(tokenizer)
         if tag_ids is None:
-            tag_ids = {}
-            for tag, name in _GEMMA3_TAG_NAMES.items():
-                tid = tokenizer.token_to_id(name)
-                if tid is None:
-                    raise VocabError(f"tokenizer has no {name!r} for {tag.value}: pass tag_ids= for this model")
-                tag_ids[tag] = tid
+            raise VocabError(
+                "tokenizer has neither <unused0>..<unused4> nor single-token control bytes: pass tag_ids="
+            )
         return cls(
             tag_ids=dict(tag_ids),
             encode_text=lambda s: list(tokenizer.encode(s, add_special_tokens=False)),
@@ -101,3 +101,18 @@ class CMLVocab:
             out.append(self.decode_text(run))
         return "".join(out)
 
+
+
+def _unused_token_ids(tokenizer) -> dict[Tag, int] | None:
+    ids = {tag: tokenizer.token_to_id(name) for tag, name in _GEMMA3_TAG_NAMES.items()}
+    return None if None in ids.values() else ids
+
+
+def _control_byte_ids(tokenizer) -> dict[Tag, int] | None:
+    ids = {}
+    for i, tag in enumerate(Tag):
+        enc = tokenizer.encode(chr(i + 1), add_special_tokens=False)
+        if len(enc) != 1:
+            return None
+        ids[tag] = enc[0]
+    return ids if len(set(ids.values())) == len(Tag) else None
