@@ -70,10 +70,12 @@ class RequestResult:
     error: str | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     logits: list[list[torch.Tensor]] | None = None  # per row, per decode step (when kept)
+    true_row: int = 0  # set by the client side only (Prompt Obfuscation); the service never knows it
 
     @property
     def token_ids(self) -> list[int]:
-        return self.rows[0] if self.rows else []
+        """The user's answer: the true row's tokens."""
+        return self.rows[self.true_row] if self.rows else []
 
 
 class _VaultLink:

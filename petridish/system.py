@@ -52,6 +52,9 @@ class Petridish:
         """Serve one private prompt per user (prompt i goes to user i); results in prompt order."""
         if len(prompts) > len(self.users):
             raise ValueError(f"{len(prompts)} prompts for {len(self.users)} user processes")
+        gamma = getattr(obfuscation, "gamma", 1)
+        if gamma > self.user_config.max_rows:
+            raise ValueError(f"obfuscation gamma {gamma} exceeds the channel's {self.user_config.max_rows} rows")
         params = params or SamplingParams()
         t0 = time.perf_counter()
         ids = []
@@ -70,6 +73,9 @@ class Petridish:
                 results[rid] = done
         for r in self.service.run():
             results[r.request_id] = r
+        if obfuscation is not None:  # the client knows which virtual prompt is real
+            for r in results.values():
+                r.true_row = min(obfuscation.true_row, max(len(r.rows) - 1, 0))
         return [results[rid] for rid in ids]
 
     def close(self) -> None:

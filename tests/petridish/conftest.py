@@ -1,15 +1,48 @@
+"""Shared fixtures: one Petridish system per tiny model family for the whole session.
+
+Spawning user processes is the slow part of these tests (each loads torch and the model), so the
+systems are shared; tests that inspect the service's records reset them first.
+"""
+
 import pytest
 
 from core.testing import tiny_checkpoint
 from petridish.model_spec import ModelSpec
+from petridish.service_process import ServiceConfig
+from petridish.system import Petridish
+
+_SYSTEMS: dict[str, Petridish] = {}
 
 
-@pytest.fixture(scope="session", params=["llama", "gemma3"])
-def tiny_spec(request) -> ModelSpec:
+def spec_for(family: str) -> ModelSpec:
     """A tiny random checkpoint on disk: every process loads the same weights from it."""
-    return ModelSpec(source=str(tiny_checkpoint(request.param, seed=0)), attention_backend="torch")
+    return ModelSpec(source=str(tiny_checkpoint(family, seed=0)), attention_backend="torch")
+
+
+def system_for(family: str) -> Petridish:
+    if family not in _SYSTEMS:
+        config = ServiceConfig(stall_timeout_s=3.0, record_messages=True)
+        _SYSTEMS[family] = Petridish(spec_for(family), num_users=2, service_config=config, keep_logits=True)
+    return _SYSTEMS[family]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_systems():
+    yield
+    for pd in _SYSTEMS.values():
+        pd.close()
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def system(request) -> Petridish:
+    return system_for(request.param)
+
+
+@pytest.fixture
+def llama_system() -> Petridish:
+    return system_for("llama")
 
 
 @pytest.fixture(scope="session")
 def llama_spec() -> ModelSpec:
-    return ModelSpec(source=str(tiny_checkpoint("llama", seed=0)), attention_backend="torch")
+    return spec_for("llama")

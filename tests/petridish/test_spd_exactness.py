@@ -1,5 +1,7 @@
 """SPD must be exact: splitting attention across processes changes no token and no logit."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,15 +10,8 @@ from core.engine import Engine
 from core.sampling import SamplingParams
 from core.sequence import KVSequence
 from petridish.service_process import ServiceConfig
-from petridish.system import Petridish
 
-PROMPTS = ["my salary is 91k and my doctor says", "ssn 123-45-6789", "private: the launch code is 0000 ok?"]
-
-
-@pytest.fixture(scope="module")
-def system(tiny_spec):
-    with Petridish(tiny_spec, num_users=3, keep_logits=True) as pd:
-        yield pd
+PROMPTS = ["my salary is 91k and my doctor says", "ssn 123-45-6789"]  # different lengths, one batch
 
 
 def _full_recompute_logits(model, ids: list[int], num_prompt: int) -> torch.Tensor:
@@ -69,9 +64,19 @@ def test_public_prefix_is_served_from_the_service_and_stays_exact(system):
     assert [s.token_ids for s in spd] == [p.token_ids for p in plain]
 
 
-def test_late_send_point_gives_the_same_tokens(tiny_spec):
+def test_late_send_point_gives_the_same_tokens(llama_system):
     params = SamplingParams(max_new_tokens=5, ignore_eos=True)
-    with Petridish(tiny_spec, num_users=1, service_config=ServiceConfig(send_point="late")) as pd:
-        late = pd.generate(PROMPTS[:1], params)[0]
-        engine = Engine(pd.service.model, pd.service.tokenizer, EngineConfig(num_pages=64, attention_backend="torch"))
-        assert late.token_ids == engine.generate(PROMPTS[:1], params)[0].token_ids
+    service = llama_system.service
+    early_config = service.config
+    service.config = replace(early_config, send_point="late")
+    try:
+        late = llama_system.generate(PROMPTS, params)
+    finally:
+        service.config = early_config
+    engine = Engine(service.model, service.tokenizer, EngineConfig(num_pages=64, attention_backend="torch"))
+    assert [r.token_ids for r in late] == [p.token_ids for p in engine.generate(PROMPTS, params)]
+
+
+def test_unknown_send_point_is_rejected():
+    with pytest.raises(ValueError, match="send_point"):
+        ServiceConfig(send_point="sometimes")
