@@ -1,5 +1,7 @@
 """The torch reference attention against plain dense attention, and the exact merge rule."""
 
+import itertools
+
 import torch
 
 from core.attention import AttentionMetadata, merge_attention_states_torch, paged_attention_torch
@@ -50,7 +52,7 @@ def test_merging_split_attention_equals_attention_over_the_whole():
     q, k, v = torch.randn(1, H, D), torch.randn(L, H, D), torch.randn(L, H, D)
     full, full_lse = _dense(q, k, v, torch.ones(1, L, dtype=torch.bool), 0.5)
     cuts = [0, 3, 4, 9, L]
-    parts = [_dense(q, k[a:b], v[a:b], torch.ones(1, b - a, dtype=torch.bool), 0.5) for a, b in zip(cuts, cuts[1:])]
+    parts = [_dense(q, k[a:b], v[a:b], torch.ones(1, b - a, dtype=torch.bool), 0.5) for a, b in itertools.pairwise(cuts)]
     out, lse = merge_attention_states_torch([p[0] for p in parts], [p[1] for p in parts])
     assert torch.allclose(out, full, atol=1e-6) and torch.allclose(lse, full_lse, atol=1e-6)
 
