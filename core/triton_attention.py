@@ -453,9 +453,11 @@ def paged_prefill(
     group = num_heads // num_kv_heads
     group_pad = triton.next_power_of_2(group)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    # Tiles sized for an H100's registers/shared memory: 64-128 query rows x 32-64 keys per step.
-    block_m = max(group_pad, 128 if block_d <= 128 else 64)
-    block_n = 64 if block_d <= 128 else 32
+    # Tiles sized for an H100's registers and shared memory (<= ~110 KB at two stages): 128 query
+    # rows x 64 keys for 256-byte rows (bf16 x 128), halved as rows get wider (fp32, dim 256).
+    row_bytes = block_d * q.element_size()
+    block_m = max(group_pad, 128 if row_bytes <= 256 else 64 if row_bytes <= 512 else 32)
+    block_n = 64 if row_bytes <= 256 else 32
     seqs, firsts = _work_list(meta, dm, block_m // group_pad, q.device)
     if seqs.numel() == 0:
         return out, lse
