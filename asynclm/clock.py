@@ -49,3 +49,59 @@ class WallClock:
 
 
 Clock = VirtualClock | WallClock
+
+
+class StepCostModel:
+    """Forward-pass time as a fitted function of the batch: ``a + b * new_tokens + c * new_tokens * context``.
+
+    Fitted by :meth:`calibrate` from timed forward passes of the real model (decode steps at several
+    context lengths, prefills of several sizes). On a shared, noisy CPU the runtime can charge this
+    calibrated cost instead of each pass's raw measured time, so two systems that run the same
+    tokens are charged the same time; on a quiet machine or a GPU use the raw measurements.
+    """
+
+    def __init__(self, a: float, b: float, c: float):
+        self.a, self.b, self.c = a, b, c
+
+    def __call__(self, entries) -> float:
+        new = sum(e.num_new for e in entries)
+        attn = sum(e.num_new * e.context_len for e in entries)
+        return self.a + self.b * new + self.c * attn
+
+    @classmethod
+    def calibrate(cls, model, contexts: tuple[int, ...] = (32, 128, 384), prefills: tuple[int, ...] = (16, 64, 256),
+                  repeats: int = 3) -> StepCostModel:
+        import torch
+
+        from core.sequence import KVSequence
+
+        pool = model.new_kv_pool(max(*contexts, *prefills) // 16 + 4, 16)
+        rows, times = [], []
+
+        def timed(seq: KVSequence, n: int) -> None:
+            best = float("inf")
+            for _ in range(repeats):
+                entry = seq.entry(token_ids=torch.full((n,), 5))
+                t0 = time.perf_counter()
+                model.forward(pool, [entry])
+                best = min(best, time.perf_counter() - t0)  # min: the least disturbed run
+                seq.truncate(seq.length - n)
+            rows.append([1.0, n, n * (seq.length + n)])
+            times.append(best)
+
+        for ctx in contexts:  # decode steps after a context of ctx tokens
+            seq = KVSequence(pool)
+            model.forward(pool, [seq.entry(token_ids=torch.full((ctx,), 5))])
+            timed(seq, 1)
+            seq.release()
+        for n in prefills:
+            seq = KVSequence(pool)
+            timed(seq, n)
+            seq.release()
+        A = torch.tensor(rows, dtype=torch.float64)
+        y = torch.tensor(times, dtype=torch.float64).unsqueeze(1)
+        a, b, c = (float(v) for v in torch.linalg.lstsq(A, y).solution.squeeze(1).clamp(min=0.0))
+        return cls(a, b, c)
+
+    def __repr__(self) -> str:
+        return f"StepCostModel(a={self.a:.3g} s, b={self.b:.3g} s/token, c={self.c:.3g} s/token/context)"

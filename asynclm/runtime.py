@@ -29,7 +29,7 @@ from typing import Protocol
 
 import torch
 
-from asynclm.clock import Clock, VirtualClock
+from asynclm.clock import Clock, StepCostModel, VirtualClock
 from asynclm.executor import Executor
 from asynclm.monitor import TokenMonitor
 from asynclm.parser import MalformedCall, ProtocolViolation, TrapEvent
@@ -148,6 +148,7 @@ class AsyncLMRuntime:
         trap_action: TrapAction | None = None,  # force one action (Fig 7 checks); None = cost model
         num_pages: int = 512,
         page_size: int = 16,
+        step_cost: StepCostModel | None = None,  # charge fitted forward costs instead of raw timings
     ):
         self.model, self.vocab, self.executor, self.mode = model, vocab, executor, mode
         self.clock: Clock = executor.clock
@@ -155,6 +156,7 @@ class AsyncLMRuntime:
         self.eos_token_ids = tuple(eos_token_ids)
         self.trap_costs = trap_costs or TrapCostModel()
         self.trap_action = trap_action
+        self.step_cost = step_cost
         self.forward_s = 0.0
         self.num_forwards = 0
 
@@ -227,8 +229,8 @@ class AsyncLMRuntime:
         t0 = time.perf_counter()
         if s.parked is not None:
             swap_in(s.seq, s.parked)
+            self.clock.advance(self._charged(time.perf_counter() - t0, s.parked.length))
             s.parked = None
-            self.clock.advance(time.perf_counter() - t0)
         elif s.dropped:
             s.dropped, s.restart = False, True
 
@@ -248,6 +250,8 @@ class AsyncLMRuntime:
         t0 = time.perf_counter()
         outputs = self.model.forward(self.pool, entries)
         dt = time.perf_counter() - t0
+        if self.step_cost is not None:
+            dt = self.step_cost(entries)
         self.forward_s += dt
         self.num_forwards += 1
         self.clock.advance(dt)
@@ -332,15 +336,22 @@ class AsyncLMRuntime:
             return
         action = self.trap_action or self.trap_costs.choose(s.seq.length, self._expected_wait(s))
         s.stats["traps"].append(action)
-        t0 = time.perf_counter()
-        if action is TrapAction.SWAP:
-            s.parked = swap_out(s.seq)
-        elif action is TrapAction.RECOMPUTE:
+        if action is TrapAction.RECOMPUTE:  # the re-prefill on wake is charged as a forward pass
             drop(s.seq)
             s.pending_input = s.context + s.pending_input
             s.context = []
             s.dropped = True
-        self.clock.advance(time.perf_counter() - t0)
+        elif action is TrapAction.SWAP:
+            t0 = time.perf_counter()
+            s.parked = swap_out(s.seq)
+            self.clock.advance(self._charged(time.perf_counter() - t0, s.parked.length))
+
+    def _charged(self, measured_s: float, context_len: int) -> float:
+        """One swap direction's time: measured, or with a step cost model half the fitted swap cost."""
+        if self.step_cost is None:
+            return measured_s
+        a, b = self.trap_costs.swap_s
+        return (a + b * context_len) / 2
 
     def _expected_wait(self, s: TaskState) -> float:
         """Until the earliest outstanding call is expected back (a user message counts too)."""

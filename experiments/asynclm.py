@@ -39,6 +39,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"sweep.systems has {sorted(unknown)}; expected a subset of {list(SYSTEMS)}")
     if not 0 <= cfg.latency.min_ms <= cfg.latency.mean_ms <= cfg.latency.max_ms:
         raise ConfigError(f"latency needs 0 <= min_ms <= mean_ms <= max_ms, got {dict(cfg.latency)}")
+    if cfg.runtime.clock not in ("calibrated", "measured"):
+        raise ConfigError(f"runtime.clock={cfg.runtime.clock!r}; expected calibrated or measured")
     if cfg.sweep.multi_step_steps < 1:
         raise ConfigError(f"sweep.multi_step_steps={cfg.sweep.multi_step_steps} must be >= 1")
 
@@ -74,18 +76,35 @@ class _Bench:
     vocab: object
     tpot_s: float
     latency_scale: float
+    step_cost: object  # asynclm.clock.StepCostModel, or None to charge raw measured forward times
 
 
 def _bench(ctx: WorkerContext, cfg: DictConfig) -> _Bench:
     def build() -> _Bench:
+        from asynclm.clock import StepCostModel
         from asynclm.vocab import CMLVocab
 
         loaded = ctx.model()
-        tpot = _measure_tpot(loaded.model)
+        step_cost = None
+        if cfg.runtime.clock == "calibrated":
+            step_cost = StepCostModel.calibrate(loaded.model)
+            tpot = step_cost([_DecodeShape(256)])
+        else:
+            tpot = _measure_tpot(loaded.model)
         ref = cfg.latency.tpot_reference_s
-        return _Bench(loaded, CMLVocab.for_tokenizer(loaded.tokenizer), tpot, tpot / ref if ref else 1.0)
+        scale = tpot / ref if ref else 1.0
+        return _Bench(loaded, CMLVocab.for_tokenizer(loaded.tokenizer), tpot, scale, step_cost)
 
-    return ctx.cache({"asynclm_bench": dict(cfg.model), "ref": cfg.latency.tpot_reference_s}, build)
+    key = {"asynclm_bench": dict(cfg.model), "ref": cfg.latency.tpot_reference_s, "clock": cfg.runtime.clock}
+    return ctx.cache(key, build)
+
+
+@dataclass
+class _DecodeShape:
+    """A stand-in forward entry for pricing one decode step after ``context_len - 1`` tokens."""
+
+    context_len: int
+    num_new: int = 1
 
 
 def _measure_tpot(model, prompt_len: int = 256, steps: int = 12) -> float:
@@ -136,7 +155,8 @@ def _runtime(cfg: DictConfig, bench: _Bench, system: str, executor, trap_costs=N
 
     tok = bench.loaded.tokenizer
     return AsyncLMRuntime(bench.loaded.model, bench.vocab, executor, Mode(system), eos_token_ids=tok.eos_token_ids,
-                          num_pages=cfg.runtime.num_pages, page_size=cfg.runtime.page_size, trap_costs=trap_costs)
+                          num_pages=cfg.runtime.num_pages, page_size=cfg.runtime.page_size, trap_costs=trap_costs,
+                          step_cost=bench.step_cost)
 
 
 def _run_teacher_forced(ctx: WorkerContext, cfg: DictConfig, task, system: str, user_ms: float | None) -> dict:
@@ -165,7 +185,7 @@ def _run_teacher_forced(ctx: WorkerContext, cfg: DictConfig, task, system: str, 
         "all_results_delivered": sorted(i.call_id for i in res.interrupts if isinstance(i.call_id, int))
         == list(range(calls)),
         "errors": sum(i.is_error for i in res.interrupts), "user_latency_s": res.user_latency_s,
-        "tpot_s": b.tpot_s, "latency_scale": b.latency_scale,
+        "tpot_s": b.tpot_s, "latency_scale": b.latency_scale, "clock": cfg.runtime.clock,
     }
 
 

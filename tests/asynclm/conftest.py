@@ -28,6 +28,6 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def vocab(tiny) -> CMLVocab:
-    tok = tiny.tokenizer
-    ids = {tag: tok.encode(chr(i + 1), add_special_tokens=False)[0] for i, tag in enumerate(Tag)}
-    return CMLVocab.for_tokenizer(tok, ids)
+    vocab = CMLVocab.for_tokenizer(tiny.tokenizer)  # byte-level: tags on control bytes \x01..\x05
+    assert vocab.tag_ids[Tag.CALL] == tiny.tokenizer.encode("\x01", add_special_tokens=False)[0]
+    return vocab
