@@ -52,15 +52,20 @@ class TritonAttentionError(ValueError):
 
 
 @triton.jit
-def _online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION: tl.constexpr):
-    """Fold one tile of scores ``s`` (M, N; log2 units, -inf = not allowed) and values ``v`` (N, D)
-    into the running max ``m_i``, normaliser ``l_i`` and unnormalised output ``acc``."""
+def _attend_tile(q, k_ptrs, v_ptrs, load_mask, allowed, m_i, l_i, acc, sm_scale_log2, DOT_PRECISION: tl.constexpr):
+    """Fold one tile of keys into the online softmax: scores ``q @ k^T`` (M, N) where ``allowed``,
+    then the running max ``m_i`` (log2 units), normaliser ``l_i`` and unnormalised output ``acc``.
+    K/V rows outside ``load_mask`` are not read (they cost no bandwidth)."""
+    k = tl.load(k_ptrs, mask=load_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
+    s = tl.where(allowed, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     # A row that has seen nothing allowed yet keeps m = -inf; exp2(-inf - -inf) would be NaN.
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_ptrs, mask=load_mask, other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
 
@@ -99,7 +104,9 @@ def _prefill_kernel(
     rows once, then walks the context in tiles of BLOCK_N tokens: it looks each token's page up in
     the block table, builds the allowed mask (causal limit ``j <= L - n + i``, or the custom mask
     row; then the sliding window on positions), reads only the K/V rows some query may attend to,
-    and folds the tile in with the online softmax. A causal block stops at its last query's limit.
+    and folds the tile in with the online softmax. A causal block stops at its last query's limit;
+    with a window or mask, tiles no row attends to are skipped whole, so a sliding-window layer
+    reads and multiplies O(window) keys per query, not O(context) (positions need not be monotone).
     """
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -147,24 +154,18 @@ def _prefill_kernel(
         if SLIDING:
             k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=j_ok, other=0)
             allowed = allowed & ((q_pos[:, None] - k_pos[None, :]) < sliding_window)
+        k_ptrs = k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :]
+        v_ptrs = v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :]
         if HAS_MASK or SLIDING:
-            # Read only keys some row may attend to: masked-out and out-of-window pages cost no bandwidth.
-            needed = (tl.max(allowed.to(tl.int32), axis=0) > 0)[:, None] & d_ok[None, :]
+            # Read only keys some row may attend to, and skip tiles no row attends to (outside every
+            # window, or masked out): such pages cost neither bandwidth nor compute.
+            needed = tl.max(allowed.to(tl.int32), axis=0) > 0
+            if tl.max(needed.to(tl.int32), axis=0) > 0:
+                m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, needed[:, None] & d_ok[None, :], allowed,
+                                             m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)  # fmt: skip
         else:
-            needed = j_ok[:, None] & d_ok[None, :]  # causal: every key before kv_end is someone's
-        k = tl.load(
-            k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :],
-            mask=needed,
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
-        s = tl.where(allowed, s, float("-inf"))
-        v = tl.load(
-            v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :],
-            mask=needed,
-            other=0.0,
-        )
-        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
+            m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, j_ok[:, None] & d_ok[None, :], allowed,
+                                         m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)  # fmt: skip
 
     out, lse = _finish(m_i, l_i, acc)
     tl.store(
@@ -228,22 +229,19 @@ def _decode_kernel(
         key_ok = j < kv_end  # the single query is the context's last token: it sees all of it
         page = tl.load(block_table_ptr + seq * stride_bt + j // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
         offset = j % PAGE_SIZE
+        k_ptrs = k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :]
+        v_ptrs = v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :]
         if SLIDING:
             k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=key_ok, other=0)
             key_ok = key_ok & ((q_pos - k_pos) < sliding_window)
-        k = tl.load(
-            k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :],
-            mask=key_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * sm_scale_log2
-        s = tl.where(row_ok[:, None] & key_ok[None, :], s, float("-inf"))
-        v = tl.load(
-            v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :],
-            mask=key_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        m_i, l_i, acc = _online_softmax_step(s, v, m_i, l_i, acc, DOT_PRECISION)
+            if tl.max(key_ok.to(tl.int32), axis=0) > 0:  # tiles wholly outside the window are skipped
+                m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, key_ok[:, None] & d_ok[None, :],
+                                             row_ok[:, None] & key_ok[None, :], m_i, l_i, acc, sm_scale_log2,
+                                             DOT_PRECISION)  # fmt: skip
+        else:
+            m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, key_ok[:, None] & d_ok[None, :],
+                                         row_ok[:, None] & key_ok[None, :], m_i, l_i, acc, sm_scale_log2,
+                                         DOT_PRECISION)  # fmt: skip
 
     out, lse = _finish(m_i, l_i, acc)
     base_o = split.to(tl.int64) * stride_os + seq.to(tl.int64) * stride_ot
