@@ -29,6 +29,7 @@ packed masks, the prefill work list) are built once per forward and reused by ev
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -329,6 +330,15 @@ def _empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> to
     return torch.empty(tuple(shape), dtype=dtype, device=device)
 
 
+def _to_device(values: Sequence[int] | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host metadata to ``device`` without a blocking copy: pinned staging, then an async upload
+    (the stream orders it before the kernels that read it)."""
+    host = torch.as_tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def _device_meta(meta: AttentionMetadata, device: torch.device, num_pages: int, page_size: int) -> _DeviceMeta:
     """Validate the metadata once and move it to ``device``; cached on ``meta`` for later layers."""
     cache = meta.__dict__.setdefault("_triton_device_meta", {})
@@ -362,12 +372,12 @@ def _device_meta(meta: AttentionMetadata, device: torch.device, num_pages: int, 
         masks.append(mask.reshape(-1))
     has_mask = bool(masks)
     dm = _DeviceMeta(
-        query_start=torch.as_tensor(meta.query_start, dtype=torch.int32).to(device),
-        context_lens=torch.as_tensor(meta.context_lens, dtype=torch.int32).to(device),
-        block_table=meta.block_table_tensor.to(device),
+        query_start=_to_device(meta.query_start, torch.int32, device),
+        context_lens=_to_device(meta.context_lens, torch.int32, device),
+        block_table=_to_device(meta.block_table_tensor, torch.int32, device),
         query_positions=meta.query_positions.to(device=device, dtype=torch.int64),
         mask_flat=torch.cat([m.to(device=device, dtype=torch.uint8) for m in masks]) if has_mask else None,
-        mask_offsets=torch.as_tensor(offsets, dtype=torch.int64).to(device) if has_mask else None,
+        mask_offsets=_to_device(offsets, torch.int64, device) if has_mask else None,
         max_context_len=max(meta.context_lens, default=0),
         work_lists={},
     )
@@ -390,8 +400,8 @@ def _work_list(meta: AttentionMetadata, dm: _DeviceMeta, block_q: int, device: t
         seqs = [b for b, _ in items]
         firsts = [first for _, first in items]
         dm.work_lists[block_q] = (
-            torch.as_tensor(seqs, dtype=torch.int32).to(device),
-            torch.as_tensor(firsts, dtype=torch.int32).to(device),
+            _to_device(seqs, torch.int32, device),
+            _to_device(firsts, torch.int32, device),
         )
     return dm.work_lists[block_q]
 
@@ -477,11 +487,16 @@ def paged_prefill(
     return out, lse
 
 
+@functools.cache
+def _multi_processor_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _num_splits(num_seqs: int, num_kv_heads: int, max_context_len: int, block_n: int, device: torch.device) -> int:
     """Enough KV splits that about two waves of programs cover the SMs, each split >= 4 tiles long."""
     if not _is_gpu(device):
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multi_processor_count(device.index if device.index is not None else torch.cuda.current_device())
     wanted = math.ceil(2 * sms / max(1, num_seqs * num_kv_heads))
     return max(1, min(wanted, math.ceil(max_context_len / (4 * block_n)), 64))
 

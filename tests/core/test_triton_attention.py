@@ -247,7 +247,14 @@ def test_mask_of_wrong_shape_is_rejected():
 
 @pytest.fixture
 def gemma3(tiny_gemma3):
-    """The session's tiny Gemma 3, with its attention backend restored afterwards (it is shared)."""
+    """The session's tiny Gemma 3 (its attention backend restored afterwards: it is shared), or on
+    CUDA a copy of it on the GPU, where the compiled kernels need their tensors."""
+    if DEVICE == "cuda":
+        from core.loader import load_model
+        from core.testing import tiny_checkpoint
+
+        yield load_model(str(tiny_checkpoint("gemma3")), device="cuda")
+        return
     backend = tiny_gemma3.model.attention_backend
     yield tiny_gemma3
     tiny_gemma3.model.attention_backend = backend
