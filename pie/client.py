@@ -126,6 +126,10 @@ class PieClient:
         return reply
 
     def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the connection closed: nothing more will come
+            self._read_lines()
+
+    def _read_lines(self) -> None:
         for line in self._file:
             event = json.loads(line)
             with self._lock:

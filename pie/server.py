@@ -34,6 +34,9 @@ from pie import build
 from pie.errors import InferletTerminated, PieError
 from pie.runtime import PieRuntime
 
+# One request per line; an uploaded component travels base64-encoded in one line (~25 MB).
+_MAX_LINE = 256 << 20
+
 
 class PieServer:
     def __init__(self, runtime: PieRuntime, host: str = "127.0.0.1", port: int = 0,
@@ -56,7 +59,7 @@ class PieServer:
 
     def _serve_forever(self) -> None:
         self._loop = asyncio.new_event_loop()
-        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port))
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port, limit=_MAX_LINE))
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -95,7 +98,7 @@ class PieServer:
                     req = req if isinstance(req, dict) else {}
                 reply["req"] = req.get("req")
                 await emit(reply)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
             for inf in mine.values():  # a client that goes away takes its inferlets with it
