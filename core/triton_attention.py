@@ -425,11 +425,23 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             f"q on {q.device}, k_cache on {k_cache.device}, v_cache on {v_cache.device}, positions on "
             f"{slot_positions.device}: all must share one device"
         )
+    if q.device.type != "cuda" and not _interpreting():
+        raise TritonAttentionError(
+            f"the Triton attention backend got tensors on {q.device}: it runs on CUDA (or on the CPU under "
+            f"TRITON_INTERPRET=1, for tests); use attention backend 'torch' or 'auto' here"
+        )
     if q.shape[0] != meta.query_start[-1]:
         raise TritonAttentionError(f"q has {q.shape[0]} tokens but query_start ends at {meta.query_start[-1]}")
     if q.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1 or slot_positions.stride(-1) != 1:
         raise TritonAttentionError("q, k_cache, v_cache and slot_positions must be contiguous in their last dim")
     return num_heads, num_kv_heads, head_dim
+
+
+def _interpreting() -> bool:
+    """Whether these kernels were defined under TRITON_INTERPRET=1 (they then run on CPU tensors)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_prefill_kernel, InterpretedFunction)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

@@ -303,6 +303,16 @@ def test_engine_with_triton_backend_gives_torch_backend_greedy_tokens_on_tiny_ge
     assert tokens["triton"] == tokens["torch"]
 
 
+def test_cpu_tensors_without_the_interpreter_are_rejected(monkeypatch):
+    monkeypatch.setattr(ta, "_interpreting", lambda: False)
+    meta = AttentionMetadata(
+        [0, 1], [[0]], [1], [None], torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    )
+    cache = torch.zeros(1, 4, 1, 16)
+    with pytest.raises(ta.TritonAttentionError, match="tensors on cpu: it runs on CUDA"):
+        ta.paged_attention(torch.zeros(1, 1, 16), cache, cache, torch.zeros(1, 4, dtype=torch.long), meta, 0.25)
+
+
 # Compiled in a fresh process: this one defined Triton's own library functions under the interpreter.
 _COMPILE_SCRIPT = """
 import json, sys
