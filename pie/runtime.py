@@ -91,9 +91,12 @@ class PieRuntime:
         }
 
     # -- programs --------------------------------------------------------------------------
-    def load_program(self, name: str, wasm: bytes | Path | None = None) -> Program:
-        """Compile (or deserialize from the cache) an inferlet: a built-in by name, or given bytes."""
-        if wasm is None and name in self.programs:
+    def load_program(self, name: str, wasm: bytes | Path | None = None, use_cache: bool = True) -> Program:
+        """Compile (or deserialize from the cache) an inferlet: a built-in by name, or given bytes.
+
+        ``use_cache=False`` compiles from the ``.wasm`` even if it was loaded or cached before (a
+        cold launch, for measuring it)."""
+        if wasm is None and name in self.programs and use_cache:
             return self.programs[name]
         if wasm is None:
             wasm = build.build(name)
@@ -101,7 +104,7 @@ class PieRuntime:
         key = hashlib.sha256(data + metadata.version("wasmtime").encode()).hexdigest()[:24]
         cached = build.cache_dir() / "compiled" / f"{key}.cwasm"
         t0 = time.perf_counter()
-        if cached.exists():
+        if cached.exists() and use_cache:
             component, compiled = wc.Component.deserialize_file(self.engine, str(cached)), False
         else:
             component, compiled = wc.Component(self.engine, data), True

@@ -5,6 +5,7 @@
 * ``steal <page>``: forward over a KV page id it never allocated (another inferlet's);
 * ``leak <n>``: allocate ``n`` pages and never free them (the runtime must reclaim them);
 * ``wait``: block until the client sends a message, then echo it back;
+* ``noop``: return at once (launch latency);
 * ``calls <n>``: time ``n`` round trips of a cheap control call and of tokenize (per-call latency).
 """
 
@@ -17,6 +18,8 @@ from wit_world.imports.inference import ForwardPass
 
 def main(args):
     what = args[0] if args else "loop"
+    if what == "noop":
+        return "ok"
     if what == "loop":
         n = 0
         while True:

@@ -1,0 +1,477 @@
+"""Pie's evaluation: inferlets on the shared engine against the same work served as plain prompts.
+
+Every system runs on the same model and KV pool settings. "engine" is ``core.engine.Engine`` alone;
+"prompts" is a client driving that engine with one prompt per step (re-sending the whole
+context each time, paying a client round trip per tool call), the way an application without
+inferlets does it; "pie" is the same workload as one inferlet.
+
+    table2_inferlet_size       lines of code and wasm size per inferlet
+    table3_tpot_overhead       time per output token, text-completion inferlet vs the bare engine
+    fig6_agent                 ReAct agent latency and throughput: inferlet vs prompts
+    fig7_agent_export          the agent with the tool documentation's KV exported once and imported
+    fig8_reasoning             tree-of-thought and speculative decoding: inferlet vs prompts/greedy
+    fig9_launch_latency        launch latency (cold compile / cached on disk / warm) vs concurrent launches
+    fig10_call_latency         per-call latency of control, tokenize and decode-step calls
+    fig11_calls_per_token      host calls per output token, per inferlet
+    table5_batching_policies   throughput of concurrent inferlets under eager / k / t / adaptive batching
+
+    python -m pie.build && python -m experiments.pie          # profile=ci, Gemma 3 270M on the CPU
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from omegaconf import DictConfig
+
+from experiments.harness import ConfigError, Experiment, FigureResult, WorkerContext
+
+EXPERIMENT = Experiment("pie", "programmable serving with WebAssembly inferlets")
+POLICIES = ("eager", "k", "t", "adaptive")
+
+
+@EXPERIMENT.validate
+def validate(cfg: DictConfig) -> None:
+    from pie.build import list_inferlets
+
+    unknown = set(cfg.sweep.inferlets) - set(list_inferlets())
+    if unknown:
+        raise ConfigError(f"sweep.inferlets has {sorted(unknown)}; known: {list_inferlets()}")
+    if set(cfg.sweep.policies) - set(POLICIES) or cfg.runtime.policy not in POLICIES:
+        raise ConfigError(f"batching policies must be among {POLICIES}")
+    if cfg.sweep.decode_tokens < 2:
+        raise ConfigError("sweep.decode_tokens must be >= 2 (TPOT is measured between 1 and N tokens)")
+
+
+@EXPERIMENT.points
+def points(cfg: DictConfig) -> list[dict]:
+    s = cfg.sweep
+    pts = [{"figure": "table2", "inferlet": n} for n in s.inferlets]
+    pts += [{"figure": "table3", "system": m, "batch": b} for b in s.batch_sizes for m in ("engine", "pie")]
+    pts += [{"figure": "fig6", "system": m, "agents": n} for n in s.agents for m in ("prompts", "pie")]
+    pts += [{"figure": "fig7", "system": m, "agents": max(s.agents)} for m in ("pie", "pie_export")]
+    pts += [{"figure": "fig8", "workload": w, "system": m}
+            for w, systems in (("tot", ("prompts", "pie")), ("speculative", ("engine", "pie"))) for m in systems]
+    modes = ("cold", "disk", "warm") if s.cold_launch else ("disk", "warm")
+    pts += [{"figure": "fig9", "mode": m, "concurrent": n} for n in s.launch_concurrency for m in modes
+            if not (m == "cold" and n > 1)]  # a cold compile happens once, whatever the concurrency
+    pts += [{"figure": "fig10"}]
+    pts += [{"figure": "fig11", "inferlet": n} for n in s.inferlets if n != "sandbox_probe"]
+    pts += [{"figure": "table5", "policy": p} for p in s.policies]
+    return pts
+
+
+@EXPERIMENT.measure
+def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> dict:
+    fig = point["figure"]
+    return {
+        "table2": _table2, "table3": _table3, "fig6": _fig6, "fig7": _fig7, "fig8": _fig8,
+        "fig9": _fig9, "fig10": _fig10, "fig11": _fig11, "table5": _table5,
+    }[fig](ctx, point, cfg)
+
+
+# -- shared pieces ---------------------------------------------------------------------------
+def _runtime(ctx: WorkerContext, cfg: DictConfig, policy: str | None = None):
+    """A Pie runtime on the worker's model, cached per batching policy (its KV pool is allocated once)."""
+    from pie.batching import BatchPolicy
+    from pie.runtime import PieRuntime, RuntimeConfig
+
+    r = cfg.runtime
+    policy = policy or r.policy
+
+    def build():
+        loaded = ctx.model()
+        config = RuntimeConfig(
+            num_pages=r.num_pages, page_size=r.page_size, memory_limit_mb=r.memory_limit_mb,
+            time_slice_s=r.time_slice_s, model_name=cfg.model.name,
+            batch_policy=BatchPolicy(policy, k=r.batch_k, timeout_s=r.batch_timeout_s),
+        )
+        return PieRuntime(loaded.model, loaded.tokenizer, config)
+
+    return ctx.cache({"pie_runtime": policy, "model": cfg.model.name}, build)
+
+
+def _timed(fn, cfg: DictConfig) -> float:
+    """Median wall time of ``fn()`` over the profile's repeats, after its warmup runs."""
+    for _ in range(cfg.profile.warmup):
+        fn()
+    times = []
+    for _ in range(cfg.profile.repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _run_all(rt, name: str, args_list: list[list[str]], tools=None) -> list:
+    jobs = [rt.launch(name, args, tools=tools) for args in args_list]
+    for j in jobs:
+        j.wait(3600)
+    return jobs
+
+
+def _search_tool(cfg: DictConfig):
+    def search(query: str) -> str:
+        time.sleep(cfg.workload.tool_ms / 1000)
+        return "Pie: A Programmable Serving System for Emerging LLM Applications, SOSP 2025."
+
+    return search
+
+
+# -- Table 2 ---------------------------------------------------------------------------------
+def _table2(ctx, point, cfg) -> dict:
+    from pie import build
+
+    src = build.source_dir(point["inferlet"])
+    loc = 0
+    for f in src.rglob("*.py"):
+        loc += sum(1 for line in f.read_text().splitlines() if line.strip() and not line.strip().startswith("#"))
+    t0 = time.perf_counter()
+    wasm = build.build(point["inferlet"])
+    return {"loc": loc, "wasm_mb": wasm.stat().st_size / 1e6, "build_or_cache_s": time.perf_counter() - t0}
+
+
+# -- Table 3: time per output token ----------------------------------------------------------
+def _table3(ctx, point, cfg) -> dict:
+    from core.sampling import SamplingParams
+
+    b, n, prompt = point["batch"], cfg.sweep.decode_tokens, cfg.workload.prompt
+    prompts = [f"{prompt} {i}" for i in range(b)]
+    if point["system"] == "engine":
+        engine = ctx.engine()
+        run = lambda k: engine.generate(prompts, SamplingParams(max_new_tokens=k))
+    else:
+        rt = _runtime(ctx, cfg)
+        run = lambda k: _run_all(rt, "text_completion", [[p, str(k)] for p in prompts])
+    t1 = _timed(lambda: run(1), cfg)
+    tn = _timed(lambda: run(n), cfg)
+    tpot = (tn - t1) / (n - 1)
+    return {"tpot_s": tpot, "e2e_s": tn, "throughput_per_s": b * n / tn}
+
+
+# -- Fig 6 / Fig 7: agents ---------------------------------------------------------------------
+_DOC = ("You are an agent. Tools: search(query) returns facts about the query. "
+        "Format: Thought: ... Action: search[query] Observation: ... Answer: ...\n")
+
+
+def _agent_pie(rt, cfg, agents: int, doc: str, share: str) -> float:
+    s, q = cfg.sweep, cfg.workload.question
+    args = [[f"{q} ({i})", str(s.agent_turns), str(s.thought_tokens), doc, share] for i in range(agents)]
+    t0 = time.perf_counter()
+    _run_all(rt, "agent_react", args, tools={"search": _search_tool(cfg)})
+    return time.perf_counter() - t0
+
+
+def _agent_prompts(engine, cfg, agents: int, doc: str) -> float:
+    """The same agents driven by a client: one full prompt per turn, a round trip per tool call."""
+    from core.sampling import SamplingParams
+
+    s, w = cfg.sweep, cfg.workload
+    params = SamplingParams(max_new_tokens=s.thought_tokens)
+    tool, rtt = _search_tool(cfg), w.rtt_ms / 1000
+    t0 = time.perf_counter()
+    prompts = [f"{doc}Question: {w.question} ({i})\n" for i in range(agents)]
+    for _ in range(s.agent_turns):
+        outs = engine.generate([p + "Thought:" for p in prompts], params)
+        time.sleep(rtt)  # the thoughts travel to the client ...
+        with ThreadPoolExecutor(agents) as pool:  # the client runs the agents' tool calls in parallel
+            obs = list(pool.map(lambda _: tool(w.question), range(agents)))
+        time.sleep(rtt)  # ... and the next prompts back to the server
+        prompts = [p + "Thought:" + o.text + f" Action: search[{w.question}]\nObservation: {ob}\n"
+                   for p, o, ob in zip(prompts, outs, obs)]
+    engine.generate([p + "Answer:" for p in prompts], params)
+    return time.perf_counter() - t0
+
+
+def _fig6(ctx, point, cfg) -> dict:
+    n = point["agents"]
+    if point["system"] == "pie":
+        rt = _runtime(ctx, cfg)
+        wall = _timed(lambda: _agent_pie(rt, cfg, n, _DOC, ""), cfg)
+    else:
+        engine = ctx.engine()
+        wall = _timed(lambda: _agent_prompts(engine, cfg, n, _DOC), cfg)
+    return {"latency_s": wall, "throughput_per_s": n / wall}
+
+
+def _fig7(ctx, point, cfg) -> dict:
+    rt, n = _runtime(ctx, cfg), point["agents"]
+    doc = _DOC * cfg.workload.tool_doc_repeats
+    share = "fig7-tooldoc" if point["system"] == "pie_export" else ""
+    if share:  # the tool documentation is prefilled and exported once, before the agents arrive
+        _agent_pie(rt, cfg, 1, doc, share)
+    try:
+        wall = _timed(lambda: _agent_pie(rt, cfg, n, doc, share), cfg)
+    finally:
+        if share:
+            rt.exports.unexport(share)
+    return {"latency_s": wall, "throughput_per_s": n / wall}
+
+
+# -- Fig 8: reasoning and decoding strategies ----------------------------------------------------
+def _tot_prompts(engine, cfg) -> None:
+    """Tree-of-thought as prompts: every branch re-sends the question and its path."""
+    from core.sampling import SamplingParams
+
+    t = cfg.sweep.tot
+    params = SamplingParams(max_new_tokens=t.thought_tokens, temperature=1.0, top_k=16, seed=0)
+    frontier = [f"Question: {cfg.workload.question}\nLet's think step by step.\n"]
+    for _ in range(t.depth):
+        outs = engine.generate([p for p in frontier for _ in range(t.branches)], params)
+        children = [p + o.text + "\n" for p, o in zip([p for p in frontier for _ in range(t.branches)], outs)]
+        frontier = children[: t.branches]
+    engine.generate([frontier[0] + "Answer:"], SamplingParams(max_new_tokens=t.thought_tokens))
+
+
+def _fig8(ctx, point, cfg) -> dict:
+    from core.sampling import SamplingParams
+
+    w, t, n = point["workload"], cfg.sweep.tot, cfg.sweep.decode_tokens
+    if w == "tot" and point["system"] == "pie":
+        rt = _runtime(ctx, cfg)
+        args = [cfg.workload.question, str(t.branches), str(t.depth), str(t.thought_tokens)]
+        wall = _timed(lambda: rt.run("tree_of_thought", args, timeout=3600), cfg)
+    elif w == "tot":
+        engine = ctx.engine()
+        wall = _timed(lambda: _tot_prompts(engine, cfg), cfg)
+    elif point["system"] == "pie":
+        rt = _runtime(ctx, cfg)
+        wall = _timed(lambda: rt.run("speculative_decoding", [cfg.workload.repetitive_prompt, str(n)], timeout=3600), cfg)
+    else:
+        engine = ctx.engine()
+        wall = _timed(lambda: engine.generate([cfg.workload.repetitive_prompt], SamplingParams(max_new_tokens=n)), cfg)
+    return {"latency_s": wall}
+
+
+# -- Fig 9 / Fig 10 / Fig 11 -------------------------------------------------------------------
+def _fig9(ctx, point, cfg) -> dict:
+    rt, n, mode = _runtime(ctx, cfg), point["concurrent"], point["mode"]
+    rt.load_program("sandbox_probe")  # built and cached before timing anything
+    t0 = time.perf_counter()
+    if mode == "cold":
+        program = rt.load_program("sandbox_probe", use_cache=False)  # compile the .wasm from scratch
+    elif mode == "disk":
+        rt.programs.pop("sandbox_probe", None)
+        program = rt.load_program("sandbox_probe")  # deserialize the compiled component from disk
+    else:
+        program = rt.load_program("sandbox_probe")
+    load_s = time.perf_counter() - t0
+    jobs = _run_all(rt, "sandbox_probe", [["noop"]] * n)
+    launches = [load_s + j.stats.launch_s for j in jobs]
+    return {"launch_s": statistics.median(launches), "launch_max_s": max(launches), "load_s": load_s,
+            "compiled": program.compiled}
+
+
+def _fig10(ctx, point, cfg) -> dict:
+    rt = _runtime(ctx, cfg)
+    job = rt.launch("sandbox_probe", ["calls", "200"])
+    fields = dict(kv.split("=") for kv in job.wait(3600).split())
+    host = {name: job.stats.call_s[name] / job.stats.calls[name] for name in ("get-arguments", "tokenize", "forward")}
+    return {
+        "control_call_s": float(fields["control"]), "tokenize_call_s": float(fields["tokenize"]),
+        "decode_step_s": float(fields["decode_step"]), "host_control_s": host["get-arguments"],
+        "host_tokenize_s": host["tokenize"], "host_forward_s": host["forward"],
+    }
+
+
+_FIG11_ARGS = {
+    "text_completion": lambda c: [c.workload.prompt, "16"],
+    "beam_search": lambda c: [c.workload.prompt, "3", "8"],
+    "speculative_decoding": lambda c: [c.workload.repetitive_prompt, "16"],
+    "tree_of_thought": lambda c: [c.workload.question, "2", "2", "6"],
+    "attention_sink": lambda c: [c.workload.prompt, "16", "1", "2"],
+    "constrained_decoding": lambda c: [c.workload.prompt, "red apple", "green pear", "blue plum"],
+    "agent_react": lambda c: [c.workload.question, "2", "8"],
+}
+
+
+def _fig11(ctx, point, cfg) -> dict:
+    rt, name = _runtime(ctx, cfg), point["inferlet"]
+    job = rt.launch(name, _FIG11_ARGS[name](cfg), tools={"search": _search_tool(cfg)})
+    out = job.wait(3600)
+    first = out.split("\n", 1)[0]
+    if first and all(t.isdigit() for t in first.split(",")):
+        tokens = len(first.split(","))
+    else:  # reasoning/agents/constrained: one sampled token per next-token distribution read
+        tokens = job.stats.calls["get-next-dist"]
+    return {"calls": job.stats.total_calls, "output_tokens": tokens,
+            "calls_per_token": job.stats.total_calls / max(1, tokens)}
+
+
+# -- Table 5 -----------------------------------------------------------------------------------
+def _table5(ctx, point, cfg) -> dict:
+    rt = _runtime(ctx, cfg, point["policy"])
+    n, k = cfg.sweep.policy_inferlets, cfg.sweep.decode_tokens
+    args = [[f"{cfg.workload.prompt} {i}", str(k)] for i in range(n)]
+    before = (rt.batcher.stats.batches, rt.batcher.stats.commands)
+    wall = _timed(lambda: _run_all(rt, "text_completion", args), cfg)
+    batches = rt.batcher.stats.batches - before[0]
+    commands = rt.batcher.stats.commands - before[1]
+    return {"throughput_per_s": n * k / wall, "wall_s": wall, "mean_batch": commands / max(1, batches)}
+
+
+# -- figures -----------------------------------------------------------------------------------
+def _bar(ax, labels, values, ylabel, title):
+    ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.set_xticks(range(len(values)), labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def _of(records, figure):
+    return [r for r in records if r["figure"] == figure]
+
+
+@EXPERIMENT.figure(paper="Table 2: inferlets are tens to hundreds of lines; Rust wasm binaries 0.1-2 MB")
+def table2_inferlet_size(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = _of(records, "table2")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    _bar(axes[0], [r["inferlet"] for r in rows], [r["loc"] for r in rows], "lines of code", "Inferlet size")
+    _bar(axes[1], [r["inferlet"] for r in rows], [r["wasm_mb"] for r in rows], "wasm MB", "Component size")
+    fig.tight_layout()
+    locs = [r["loc"] for r in rows]
+    mb = statistics.median(r["wasm_mb"] for r in rows)
+    return FigureResult(fig, f"{min(locs)}-{max(locs)} lines; {mb:.1f} MB per component (CPython inside)")
+
+
+@EXPERIMENT.figure(paper="Tables 3-4: TPOT overhead vs a plain engine +2.4% to +11.4% (goal here <= 3%)")
+def table3_tpot_overhead(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = _of(records, "table3")
+    batches = sorted({r["batch"] for r in rows})
+    tp = {(r["system"], r["batch"]): r["tpot_s"] for r in rows}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for i, m in enumerate(("engine", "pie")):
+        ax.bar([j + 0.4 * i for j in range(len(batches))], [tp[(m, b)] * 1e3 for b in batches], 0.4, label=m)
+    ax.set_xticks([j + 0.2 for j in range(len(batches))], [f"batch {b}" for b in batches])
+    ax.set_ylabel("time per output token (ms)")
+    ax.legend()
+    fig.tight_layout()
+    over = ", ".join(f"batch {b}: {100 * (tp[('pie', b)] / tp[('engine', b)] - 1):+.1f}%" for b in batches)
+    return FigureResult(fig, f"TPOT overhead {over}")
+
+
+def _speedup_figure(rows, key, systems, title, xlabel, metric="latency_s"):
+    import matplotlib.pyplot as plt
+
+    xs = sorted({r[key] for r in rows})
+    val = {(r["system"], r[key]): r[metric] for r in rows}
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for m in systems:
+        ax.plot(xs, [val[(m, x)] for x in xs], marker="o", label=m)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig, val, xs
+
+
+@EXPERIMENT.figure(paper="Fig 6: agents 1.3x-3.4x lower latency / higher throughput than prompt serving")
+def fig6_agent(records, cfg) -> FigureResult:
+    fig, val, xs = _speedup_figure(_of(records, "fig6"), "agents", ("prompts", "pie"), "ReAct agent", "agents")
+    ours = ", ".join(f"{x} agents: {val[('prompts', x)] / val[('pie', x)]:.2f}x" for x in xs)
+    return FigureResult(fig, f"pie vs prompts latency speedup {ours}")
+
+
+@EXPERIMENT.figure(paper="Fig 7: agent optimisations (export tool-doc KV, ...) up to 3.5x throughput")
+def fig7_agent_export(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = {r["system"]: r for r in _of(records, "fig7")}
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    _bar(ax, list(rows), [r["throughput_per_s"] for r in rows.values()], "agents / s", "Export tool-doc KV")
+    fig.tight_layout()
+    gain = rows["pie_export"]["throughput_per_s"] / rows["pie"]["throughput_per_s"]
+    return FigureResult(fig, f"exporting the tool documentation's KV: {gain:.2f}x throughput")
+
+
+@EXPERIMENT.figure(paper="Fig 8: reasoning/decoding inferlets faster than their prompt baselines")
+def fig8_reasoning(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = _of(records, "fig8")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _bar(ax, [f"{r['workload']}/{r['system']}" for r in rows], [r["latency_s"] for r in rows], "latency (s)",
+         "Reasoning and decoding")
+    fig.tight_layout()
+    lat = {(r["workload"], r["system"]): r["latency_s"] for r in rows}
+    return FigureResult(fig, f"tree-of-thought {lat[('tot', 'prompts')] / lat[('tot', 'pie')]:.2f}x faster than prompts; "
+                             f"speculative {lat[('speculative', 'engine')] / lat[('speculative', 'pie')]:.2f}x vs greedy")
+
+
+@EXPERIMENT.figure(paper="Fig 9: launch latency, warm (ms) vs cold (JIT), as concurrent launches grow")
+def fig9_launch_latency(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = _of(records, "fig9")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for mode in ("cold", "disk", "warm"):
+        pts = sorted((r["concurrent"], r["launch_s"]) for r in rows if r["mode"] == mode)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=mode)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent launches")
+    ax.set_ylabel("launch latency (s)")
+    ax.legend()
+    fig.tight_layout()
+    by = {(r["mode"], r["concurrent"]): r["launch_s"] for r in rows}
+    parts = [f"{m} {by[(m, 1)] * 1e3:.0f} ms" for m in ("warm", "disk", "cold") if (m, 1) in by]
+    return FigureResult(fig, "launch at 1: " + ", ".join(parts))
+
+
+@EXPERIMENT.figure(paper="Fig 10: control calls take microseconds; inference calls are dominated by the model")
+def fig10_call_latency(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    (r,) = _of(records, "fig10")
+    names = ["control", "tokenize", "decode step"]
+    inside = [r["control_call_s"], r["tokenize_call_s"], r["decode_step_s"]]
+    host = [r["host_control_s"], r["host_tokenize_s"], r["host_forward_s"]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.bar([0, 1, 2], [v * 1e6 for v in inside], 0.4, label="seen by the inferlet")
+    ax.bar([0.4, 1.4, 2.4], [v * 1e6 for v in host], 0.4, label="inside the host function")
+    ax.set_xticks([0.2, 1.2, 2.2], names)
+    ax.set_yscale("log")
+    ax.set_ylabel("µs per call")
+    ax.legend()
+    fig.tight_layout()
+    return FigureResult(fig, f"control call {r['control_call_s'] * 1e6:.0f} µs, tokenize {r['tokenize_call_s'] * 1e6:.0f} µs,"
+                             f" decode step {r['decode_step_s'] * 1e3:.1f} ms")
+
+
+@EXPERIMENT.figure(paper="Fig 11: a few host calls per output token")
+def fig11_calls_per_token(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = _of(records, "fig11")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    _bar(ax, [r["inferlet"] for r in rows], [r["calls_per_token"] for r in rows], "host calls / output token", "")
+    fig.tight_layout()
+    cpt = [r["calls_per_token"] for r in rows]
+    return FigureResult(fig, f"{min(cpt):.1f}-{max(cpt):.1f} calls per output token")
+
+
+@EXPERIMENT.figure(paper="Table 5: adaptive batching gives the best throughput")
+def table5_batching_policies(records, cfg) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = _of(records, "table5")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _bar(ax, [r["policy"] for r in rows], [r["throughput_per_s"] for r in rows], "tokens / s",
+         f"{cfg.sweep.policy_inferlets} concurrent completions")
+    fig.tight_layout()
+    best = max(rows, key=lambda r: r["throughput_per_s"])
+    tput = ", ".join(f"{r['policy']} {r['throughput_per_s']:.1f}" for r in rows)
+    return FigureResult(fig, f"tokens/s: {tput} (best: {best['policy']})")
+
+
+
+if __name__ == "__main__":
+    EXPERIMENT.main()
