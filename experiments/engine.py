@@ -141,12 +141,12 @@ class _FirstTokenClock:
 
 def _load_transformers(cfg: DictConfig):
     """transformers' own implementation of the same weights (the GGUF is dequantized like ours)."""
-    from pathlib import Path
-
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = Path(model_path(cfg.model) if cfg.model.source != "gemma3-270m" else _default_gguf())
+    from core.loader import resolve_source
+
+    path = resolve_source(model_path(cfg.model))  # the default model's name becomes its GGUF file
     dtype = getattr(torch, cfg.engine.dtype)
     if path.suffix == ".gguf":
         hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
@@ -154,12 +154,6 @@ def _load_transformers(cfg: DictConfig):
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     hf.generation_config.top_k, hf.generation_config.top_p = None, None  # greedy: no sampling knobs
     return hf.to(cfg.engine.device).eval()
-
-
-def _default_gguf() -> str:
-    from core.loader import default_model_path
-
-    return str(default_model_path())
 
 
 # -- prompts and timing -----------------------------------------------------------------------------

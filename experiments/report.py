@@ -35,7 +35,7 @@ def collect_summaries(results_dir: str | Path, include_tiny: bool = False) -> li
 def results_table(summaries: list[dict]) -> str:
     lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     for s in summaries:
-        cells = (s["experiment"], s["figure"], s["paper"], s["ours"], s.get("model", ""), s["device"],
+        cells = (s["experiment"], s["figure"], s["paper"], s["ours"], s.get("model", ""), _device(s),
                  s.get("profile", ""),
                  f"`{s['command']}`")
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     summaries = collect_summaries(args.results, args.include_tiny)
     update_readme(args.readme, results_table(summaries))
     print(f"{args.readme}: results table with {len(summaries)} figure rows from {args.results}/")
+
+
+def _device(summary: dict) -> str:
+    """The device, flagged when the machine was busier than its cores during the run."""
+    load, cores = summary.get("max_load_avg_1m"), summary.get("cpu_cores")
+    if load is not None and cores and load > 1.5 * cores and summary.get("device_kind") == "cpu":
+        return f"{summary['device']}; busy machine (load {load:.0f}): timings unreliable"
+    return summary["device"]
 
 
 def _cell(value: object) -> str:

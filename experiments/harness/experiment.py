@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -98,10 +100,17 @@ class Experiment:
 
     def _hydra_task(self, cfg: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-        command = _command(self.name, HydraConfig.get().overrides.task)
+        hydra_cfg = HydraConfig.get()
+        command = _command(self.name, hydra_cfg.overrides.task)
+        # A -m sweep's jobs would overwrite each other's figures: each job gets its own folder,
+        # which the README report does not read (it lists single runs only).
+        subdir = None
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            subdir = f"multirun-{Path(hydra_cfg.sweep.dir).name}/{hydra_cfg.job.num}"
         try:
-            result = run(self, cfg, command=command)
+            result = run(self, cfg, command=command, figures_subdir=subdir)
         except ConfigError as e:
             sys.exit(f"config error: {e}")
         print(f"{self.name}: {len(result.rows)} rows -> {result.rows_path}")
@@ -109,13 +118,19 @@ class Experiment:
             print(f"  {name}: {summary['ours']}  [{result.figures[name]}]")
 
 
-def run(experiment: Experiment, cfg: DictConfig, command: str | None = None) -> _results.RunResult:
-    """Run every point of ``experiment`` under ``cfg`` and write rows, figures and a wandb run."""
+def run(experiment: Experiment, cfg: DictConfig, command: str | None = None,
+        figures_subdir: str | None = None) -> _results.RunResult:
+    """Run every point of ``experiment`` under ``cfg`` and write rows, figures and a wandb run.
+
+    ``figures_subdir``: write figures to ``figures/<figures_subdir>/`` instead of ``figures/``.
+    """
     from tqdm import tqdm
 
     points = experiment.plan(cfg)  # everything that can be checked is checked before any work
     OmegaConf.resolve(cfg)
-    run_id = f"{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M%S}-{cfg.profile.name}-{device_kind(cfg.engine.device)}"
+    # Unique even for runs started in the same second (a fast -m sweep): a short random suffix.
+    stamp = f"{_dt.datetime.now(_dt.UTC):%Y%m%d-%H%M%S}"
+    run_id = f"{stamp}-{cfg.profile.name}-{device_kind(cfg.engine.device)}-{uuid.uuid4().hex[:4]}"
     out_dir = _results.experiment_dir(cfg.results_dir, experiment.name)
     rows_path = out_dir / f"rows-{run_id}.jsonl"
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -133,20 +148,21 @@ def run(experiment: Experiment, cfg: DictConfig, command: str | None = None) -> 
                 bar.update(1)
         rows.sort(key=lambda r: r["index"])  # stable: a point's own rows keep their order
         result = _results.RunResult(experiment.name, run_id, rows, rows_path)
-        _draw_figures(experiment, cfg, result, tracker, command or _command(experiment.name, []))
+        fig_dir = out_dir / "figures" / (figures_subdir or "")
+        _draw_figures(experiment, cfg, result, tracker, command or _command(experiment.name, []), fig_dir)
     finally:
         tracker.finish(_results.records(rows))
     return result
 
 
 def _draw_figures(experiment: Experiment, cfg: DictConfig, result: _results.RunResult,
-                  tracker: Tracker, command: str) -> None:
+                  tracker: Tracker, command: str, fig_dir: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # figures are files; never open a window (or need a display)
     kind = device_kind(cfg.engine.device)
     machine = result.rows[0]["machine"] if result.rows else machine_info()
-    fig_dir = _results.experiment_dir(cfg.results_dir, experiment.name) / "figures"
+    loads = [r["machine"].get("load_avg_1m") for r in result.rows if r["machine"].get("load_avg_1m") is not None]
     for name, spec in experiment.figures.items():
         drawn = spec.fn(result.records, cfg)
         stem = f"{name}-{kind}"
@@ -154,6 +170,7 @@ def _draw_figures(experiment: Experiment, cfg: DictConfig, result: _results.RunR
         summary = {
             "experiment": experiment.name, "figure": name, "paper": spec.paper, "ours": drawn.ours,
             "device": device_label(machine, str(cfg.engine.device)), "device_kind": kind,
+            "max_load_avg_1m": max(loads, default=None), "cpu_cores": machine.get("cpu_cores"),
             "profile": cfg.profile.name, "model": cfg.model.name, "command": command,
             "run_id": result.run_id, "rows": str(result.rows_path), "png": str(png),
         }

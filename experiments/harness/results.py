@@ -3,6 +3,7 @@
     <results_dir>/<name>/rows-<run_id>.jsonl      one row per measurement (below)
     <results_dir>/<name>/figures/<fig>-<kind>.png  the figure (and .pdf), kind = cpu | gpu
     <results_dir>/<name>/figures/<fig>-<kind>.json its summary for the README table (experiments.report)
+    <results_dir>/<name>/figures/multirun-<stamp>/<job>/...   the same per job of a Hydra -m sweep
 
 A row is ``{"experiment", "run_id", "index", "point", "metrics", "machine", "config"}``: the sweep
 point, what was measured at it, where (:func:`~experiments.harness.machine.machine_info`) and under

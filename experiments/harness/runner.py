@@ -57,7 +57,7 @@ class PointWorker:
                     f"{self._experiment.name}: measure returned {type(m).__name__} for point {index}; "
                     "it must return a dict of metrics or a list of them"
                 )
-        return index, metrics, machine_info()
+        return index, metrics, {**machine_info(), "load_avg_1m": _load_average()}
 
 
 def run_points(experiment, cfg: DictConfig, points: list[dict]) -> Iterator[tuple[int, list[dict], dict]]:
@@ -125,6 +125,14 @@ def _ensure_ray(ray_cfg: DictConfig) -> None:
     else:
         kwargs["address"] = ray_cfg.address
     ray.init(**kwargs)
+
+
+def _load_average() -> float | None:
+    # Other processes on the machine distort timings; each row records how busy it was.
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def load_experiment(name: str):

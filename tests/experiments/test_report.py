@@ -51,6 +51,14 @@ def test_report_replaces_only_between_markers(tmp_path):
     assert r"| a \| b |" in text  # a pipe inside a cell is escaped
 
 
+def test_busy_machine_is_flagged_in_the_device_column(tmp_path):
+    _summary(tmp_path / "results", "engine", "fig_a", "cpu", max_load_avg_1m=13.2, cpu_cores=2)
+    _summary(tmp_path / "results", "engine", "fig_b", "cpu", max_load_avg_1m=1.1, cpu_cores=2)
+    main(["--results", str(tmp_path / "results"), "--readme", str(tmp_path / "README.md")])
+    rows = [line for line in (tmp_path / "README.md").read_text().splitlines() if line.startswith("| engine")]
+    assert "busy machine (load 13)" in rows[0] and "busy" not in rows[1]
+
+
 def test_tiny_model_runs_are_left_out_unless_asked(tmp_path):
     _summary(tmp_path, "engine", "fig_a", "cpu", model="tiny-random-gemma3")
     _summary(tmp_path, "engine", "fig_b", "cpu")
