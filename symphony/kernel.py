@@ -19,6 +19,7 @@ import importlib.util
 import inspect
 import itertools
 import queue
+import sys
 import threading
 import time
 import traceback
@@ -210,10 +211,11 @@ class Symphony:
         t0 = time.perf_counter()
         proc.stats["slices"] += 1
         self.watchdog.begin(max(0.0, min(proc.budget.max_slice_s, proc.budget.max_cpu_s - proc.cpu_s)))
-        call = None
+        call, yielded = None, False
         try:
             try:
                 call = proc.coro.throw(error) if error is not None else proc.coro.send(value)
+                yielded = True
             finally:
                 self._end_slice()
         except StopIteration as stop:
@@ -232,7 +234,7 @@ class Symphony:
         finally:
             proc.cpu_s += time.perf_counter() - t0
             self._current = None
-        if call is not None and proc.alive:
+        if yielded and proc.alive:
             self._dispatch(proc, call)
 
     def _end_slice(self) -> None:
@@ -243,6 +245,8 @@ class Symphony:
                 return
             except LIPTerminated:
                 continue
+            finally:
+                sys.settrace(None)  # the watchdog may have armed a tracer on this thread
 
     def _dispatch(self, proc: Process, call: Any) -> None:
         if isinstance(call, PredictCall):

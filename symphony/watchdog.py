@@ -6,6 +6,11 @@ every other LIP. A watchdog thread watches each time slice; when one passes its 
 between bytecodes), and keeps raising it every few milliseconds until the slice ends, so a LIP
 that catches it cannot keep running.
 
+A LIP may catch even a ``BaseException``. So the interrupt arms a line tracer on the LIP's own
+frames when it is created (exceptions are built in the thread they are delivered to); the tracer
+raises again at the next line the LIP runs, which is inside its ``except`` handler, so the
+exception escapes the handler. Each level of nested handler costs the LIP one more interrupt.
+
 Kernel code must never be interrupted half-way through a KVFS update, so syscalls run *masked*
 (:meth:`Watchdog.masked`): the watchdog does not fire while a syscall runs, and an overdue slice
 is ended by raising at the syscall's exit instead. Blocking C calls (``time.sleep``, sockets) are
@@ -16,6 +21,7 @@ with a timeout.
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,8 +39,19 @@ def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
     )
 
 
+class _Preempt(LIPTerminated):
+    """The interrupt itself. Its constructor runs in the interrupted thread and arms the tracer."""
+
+    watchdog: Watchdog
+
+    def __init__(self, *args: object):
+        super().__init__(*args or ("time slice exceeded",))
+        self.watchdog._arm_tracer(sys._getframe(1))
+
+
 class Watchdog:
     def __init__(self) -> None:
+        self._exc = type("Preempt", (_Preempt,), {"watchdog": self})
         self._cv = threading.Condition()
         self._thread_id: int | None = None
         self._deadline = 0.0
@@ -82,6 +99,19 @@ class Watchdog:
         if overdue:
             raise LIPTerminated("time slice exceeded")
 
+    def _arm_tracer(self, frame) -> None:
+        if threading.get_ident() != self._thread_id or self._masked:
+            return
+        sys.settrace(self._trace)
+        while frame is not None and frame.f_globals.get("__name__") != "symphony.kernel":
+            frame.f_trace = self._trace  # the LIP's frames, up to the kernel's slice
+            frame = frame.f_back
+
+    def _trace(self, frame, event: str, arg: object):
+        if self._masked or not self.overdue():
+            return self._trace
+        raise self._exc()
+
     def close(self) -> None:
         with self._cv:
             self._stop = True
@@ -98,6 +128,6 @@ class Watchdog:
                     self._cv.wait(remaining)
                     continue
                 if not self._masked:
-                    _raise_in_thread(self._thread_id, LIPTerminated)
+                    _raise_in_thread(self._thread_id, self._exc)
                     self.fired += 1
                 self._cv.wait(_FIRE_INTERVAL_S)

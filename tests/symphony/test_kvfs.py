@@ -152,7 +152,9 @@ def test_save_tree_and_load_tree_round_trip(llama_kernel, tiny_llama, tmp_path):
         assert f.owner == "frank" and f.token_ids == [4, 5, 6, 7, 8]
         with pytest.raises(PermissionDenied):
             k2.kvfs.lookup("grace", "/home/frank/chat")
-        assert torch.equal(_predict_after(llama_kernel, "/home/frank/chat", [9]), _predict_after(k2, "/home/frank/chat", [9]))
+        assert torch.equal(
+            _predict_after(llama_kernel, "/home/frank/chat", [9]), _predict_after(k2, "/home/frank/chat", [9])
+        )
     finally:
         k2.close()
 
