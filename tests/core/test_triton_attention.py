@@ -60,7 +60,7 @@ class _Batch:
                  dtype=torch.float32):  # fmt: skip
         gen = torch.Generator().manual_seed(seed)
         pages_per_seq = [max(1, -(-length // page_size)) for _, length in lens]
-        num_pages = sum(pages_per_seq) + 2  # two pages nobody owns: reading them would be a bug
+        num_pages = sum(pages_per_seq) + 2  # two pages nobody owns
         order = torch.randperm(num_pages, generator=gen).tolist()
         shape = (num_pages, page_size, num_kv_heads, head_dim)
         self.k_cache = torch.randn(shape, generator=gen).to(DEVICE, dtype)
@@ -77,6 +77,11 @@ class _Batch:
             tables.append(table)
             query_start.append(query_start[-1] + n)
             q_pos.append(pos[length - n :])
+        # Slots holding no context token (unowned pages, the tail of each last page) are NaN: a
+        # kernel that reads one, even under a mask, turns its output NaN.
+        unused = (self.positions < 0).flatten().to(DEVICE)
+        for cache in (self.k_cache, self.v_cache):
+            cache.view(-1, num_kv_heads, head_dim)[unused] = float("nan")
         self.positions = self.positions.to(DEVICE)
         num_tokens = query_start[-1]
         self.q = torch.randn((num_tokens, num_kv_heads * group, head_dim), generator=gen).to(DEVICE, dtype)
