@@ -148,3 +148,17 @@ def test_user_interrupt_reaches_async_mid_task_but_sync_only_at_a_boundary(tiny,
     # Async: injected right after the first decode step; Sync: only at the first wait (with a result).
     assert a_text.index("[INTR]user") < a_text.index("[CALL]")
     assert s_text.index("[INTR]user") > s_text.index("[CALL]0[HEAD]slow(x=1)[END]")
+
+
+def test_wall_clock_runtime_really_waits_for_calls_and_completes(tiny, vocab):
+    from asynclm.clock import WallClock
+
+    latency = LatencyModel(fixed={"slow": 0.3, "fast": 0.05})
+    with Executor(WallClock(), latency, IMPLS) as ex:
+        rt = AsyncLMRuntime(tiny.model, vocab, ex, Mode.ASYNC, eos_token_ids=tiny.tokenizer.eos_token_ids,
+                            num_pages=64, page_size=8)
+        src = TeacherForcedSource(vocab, CALLS, [()] * 3, ex.expected_latency, "ok.", tiny.tokenizer.eos_token_ids[0])
+        (res,) = rt.run([AsyncTask("w", tiny.tokenizer.encode("Q"), src)])
+    assert sorted(i.call_id for i in res.interrupts) == [0, 1, 2] and res.finish_reason == "eos"
+    assert res.e2e_s >= 0.3  # the slow call's result cannot arrive before its latency has passed
+    assert [r for r in res.exec_s if r >= 0.3]  # and it was really waited for, on the wall clock
