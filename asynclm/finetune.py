@@ -210,3 +210,38 @@ def load_adapter(model: PagedCausalLM, path: str | Path, r: int = 8) -> None:
     model.load_state_dict({k: v for k, v in state.items() if "lora_" in k}, strict=False)
     with torch.no_grad():
         model.embed_tokens.weight[state["tag_rows.ids"]] = state["tag_rows.weight"].to(model.embed_tokens.weight)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m asynclm.finetune --steps 200 --out adapter.pt [--model gemma3-270m] [--device cuda]``."""
+    import argparse
+
+    from asynclm.bfcl import load_tasks, multi_step_tasks
+    from core.loader import load_model
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--train-tasks", type=int, default=150, help="per category; the rest is held out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    loaded = load_model(args.model, device=args.device)
+    vocab = CMLVocab.for_tokenizer(loaded.tokenizer)
+    rng = random.Random(args.seed)
+    tasks = [*load_tasks("parallel")[: args.train_tasks], *load_tasks("parallel_multiple")[: args.train_tasks]]
+    tasks += multi_step_tasks(load_tasks("parallel_multiple")[: args.train_tasks], 2, args.train_tasks // 3, args.seed)
+    rng.shuffle(tasks)
+    eos = loaded.tokenizer.eos_token_ids[0]
+    examples = [build_example(vocab, loaded.tokenizer, t, rng, TraceConfig(), eos) for t in tasks]
+    losses = finetune(loaded.model, vocab, examples, args.steps, args.lr, args.rank, args.seed)
+    save_adapter(loaded.model, vocab, args.out)
+    k = max(1, len(losses) // 10)
+    print(f"loss {sum(losses[:k]) / k:.3f} -> {sum(losses[-k:]) / k:.3f} over {len(losses)} steps; adapter -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -225,10 +225,9 @@ def _measure_accuracy(ctx: WorkerContext, cfg: DictConfig, point: dict) -> dict:
     from core.sampling import SamplingParams
 
     b = _bench(ctx, cfg)
-    if point.get("adapter"):
-        from asynclm.finetune import load_adapter
-
-        load_adapter(b.loaded.model, point["adapter"])
+    if point.get("adapter"):  # a separate copy of the model: the cached one stays untouched
+        b = _Bench(ctx.cache({"asynclm_adapter": point["adapter"]}, lambda: _adapted_model(cfg, point["adapter"])),
+                   b.vocab, b.tpot_s, b.latency_scale, b.step_cost)
     task = _tasks(cfg, "table1")[point["task"]]
     prompt = build_prompt(b.vocab, b.loaded.tokenizer, task, few_shot=cfg.prompt.few_shot, with_docs=cfg.prompt.with_docs)
     with _executor(cfg, b) as ex:
@@ -238,6 +237,15 @@ def _measure_accuracy(ctx: WorkerContext, cfg: DictConfig, point: dict) -> dict:
     return {"task_id": task.task_id, "correct": ast_match(res.calls, task.possible_answer),
             "num_calls": len(res.calls), "malformed": len(res.malformed), "finish_reason": res.finish_reason,
             "output": b.vocab.render(res.token_ids[res.prompt_len:])[:500], "e2e_s": res.e2e_s}
+
+
+def _adapted_model(cfg: DictConfig, adapter: str):
+    from asynclm.finetune import load_adapter
+    from experiments.harness.context import load_configured_model
+
+    loaded = load_configured_model(cfg)
+    load_adapter(loaded.model, adapter)
+    return loaded
 
 
 # -- figures ------------------------------------------------------------------------------------------
