@@ -3,6 +3,7 @@
     python -m experiments                       list the experiments
     python -m experiments.<name> [key=value]    run one (profile=ci by default; --help shows the config)
     python -m experiments.<name> -m engine.page_size=8,16,32     a Hydra multirun: one run per value
+    python -m experiments.<name> replot=results/<name>/rows-<run id>.jsonl   redraw figures, measure nothing
     python -m experiments.report                write README.md's results table from results/
 
 Each run validates its config before any work (a bad key or model path fails at once), runs the

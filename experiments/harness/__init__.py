@@ -12,13 +12,14 @@
 
 from experiments.harness.config import ConfigError, compose_config, list_experiments, validate_config
 from experiments.harness.context import WorkerContext
-from experiments.harness.experiment import Experiment, FigureResult, run
+from experiments.harness.experiment import Experiment, FigureFailedError, FigureResult, replot, run
 from experiments.harness.results import RunResult, read_rows, records, strip_timings
 from experiments.harness.runner import PointFailedError
 
 __all__ = [
     "ConfigError",
     "Experiment",
+    "FigureFailedError",
     "FigureResult",
     "PointFailedError",
     "RunResult",
@@ -27,6 +28,7 @@ __all__ = [
     "list_experiments",
     "read_rows",
     "records",
+    "replot",
     "run",
     "strip_timings",
     "validate_config",

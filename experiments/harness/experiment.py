@@ -31,6 +31,10 @@ from experiments.harness.runner import run_points
 from experiments.harness.tracking import Tracker
 
 
+class FigureFailedError(RuntimeError):
+    """A figure function raised; the message names it and how to redraw without measuring again."""
+
+
 @dataclass
 class FigureResult:
     """A drawn figure and a one-line statement of our number for the README (e.g. "3.1x faster")."""
@@ -126,6 +130,8 @@ def run(experiment: Experiment, cfg: DictConfig, command: str | None = None,
     """
     from tqdm import tqdm
 
+    if cfg.get("replot"):
+        return replot(experiment, cfg.replot, figures_subdir)
     points = experiment.plan(cfg)  # everything that can be checked is checked before any work
     OmegaConf.resolve(cfg)
     # Unique even for runs started in the same second (a fast -m sweep): a short random suffix.
@@ -134,6 +140,7 @@ def run(experiment: Experiment, cfg: DictConfig, command: str | None = None,
     out_dir = _results.experiment_dir(cfg.results_dir, experiment.name)
     rows_path = out_dir / f"rows-{run_id}.jsonl"
     config = OmegaConf.to_container(cfg, resolve=True)
+    command = command or _command(experiment.name, [])
     tracker = Tracker(cfg, run_id, out_dir)
     rows: list[dict] = []
     try:
@@ -141,17 +148,38 @@ def run(experiment: Experiment, cfg: DictConfig, command: str | None = None,
             for index, metrics_list, machine in run_points(experiment, cfg, points):
                 for metrics in metrics_list:
                     row = {"experiment": experiment.name, "run_id": run_id, "index": index,
-                           "point": points[index], "metrics": metrics, "machine": machine, "config": config}
+                           "point": points[index], "metrics": metrics, "machine": machine, "config": config,
+                           "command": command}
                     _results.append_row(rows_path, row)
                     tracker.log_row(index, points[index], metrics)
                     rows.append(row)
                 bar.update(1)
         rows.sort(key=lambda r: r["index"])  # stable: a point's own rows keep their order
         result = _results.RunResult(experiment.name, run_id, rows, rows_path)
-        fig_dir = out_dir / "figures" / (figures_subdir or "")
-        _draw_figures(experiment, cfg, result, tracker, command or _command(experiment.name, []), fig_dir)
+        _draw_figures(experiment, cfg, result, tracker, command, out_dir / "figures" / (figures_subdir or ""))
     finally:
         tracker.finish(_results.records(rows))
+    return result
+
+
+def replot(experiment: Experiment, rows_path: str | Path, figures_subdir: str | None = None) -> _results.RunResult:
+    """Redraw the figures of an earlier run from its rows, without measuring anything again.
+
+    ``python -m experiments.<name> replot=results/<name>/rows-<run id>.jsonl``: for changing a
+    figure after a long sweep. The figures get the earlier run's config, device and command.
+    """
+    path = Path(rows_path)
+    if not path.is_file():
+        raise ConfigError(f"replot={str(rows_path)!r}: no such rows file")
+    rows = _results.read_rows(path)
+    if not rows or any(r.get("experiment") != experiment.name for r in rows):
+        raise ConfigError(f"replot={str(rows_path)!r} holds no rows of experiment {experiment.name!r}")
+    cfg = OmegaConf.create(rows[0]["config"])
+    result = _results.RunResult(experiment.name, rows[0]["run_id"], rows, path)
+    tracker = Tracker(OmegaConf.merge(cfg, {"wandb": {"mode": "disabled"}}), result.run_id, path.parent)
+    command = rows[0].get("command") or _command(experiment.name, [])
+    fig_dir = path.parent / "figures" / (figures_subdir or "")
+    _draw_figures(experiment, cfg, result, tracker, command, fig_dir)
     return result
 
 
@@ -163,8 +191,13 @@ def _draw_figures(experiment: Experiment, cfg: DictConfig, result: _results.RunR
     kind = device_kind(cfg.engine.device)
     machine = result.rows[0]["machine"] if result.rows else machine_info()
     loads = [r["machine"].get("load_avg_1m") for r in result.rows if r["machine"].get("load_avg_1m") is not None]
+    failed = []
     for name, spec in experiment.figures.items():
-        drawn = spec.fn(result.records, cfg)
+        try:
+            drawn = spec.fn(result.records, cfg)
+        except Exception as e:  # one broken figure must not cost the others (or the rows)
+            failed.append(f"{name}: {e!r}")
+            continue
         stem = f"{name}-{kind}"
         png = _results.save_figure(drawn.figure, fig_dir, stem)
         summary = {
@@ -178,6 +211,11 @@ def _draw_figures(experiment: Experiment, cfg: DictConfig, result: _results.RunR
         tracker.log_figure(name, png, summary)
         result.figures[name] = png
         result.summaries[name] = summary
+    if failed:
+        raise FigureFailedError(
+            f"{experiment.name}: {len(failed)} figure(s) failed ({'; '.join(failed)}); the rows are kept: "
+            f"fix the figure code and run `python -m experiments.{experiment.name} replot={result.rows_path}`"
+        )
 
 
 def _command(name: str, overrides: Sequence[str]) -> str:

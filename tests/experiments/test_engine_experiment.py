@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from experiments.harness import read_rows
+from experiments.harness import FigureFailedError, read_rows, replot
+from experiments.harness.runner import load_experiment
 from experiments.harness.testing import run_experiment
 
 
@@ -60,3 +61,23 @@ def test_offline_wandb_run_is_written(tmp_path, tiny_engine_overrides):
     runs = list((tmp_path / "engine" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "the offline run holds no logged data"
+
+
+def test_replot_redraws_the_same_summaries_from_rows(engine_run):
+    _, result = engine_run
+    redrawn = replot(load_experiment("engine"), result.rows_path, figures_subdir="replot")
+    assert {n: s["ours"] for n, s in redrawn.summaries.items()} == {n: s["ours"] for n, s in result.summaries.items()}
+    assert redrawn.figures["fig_decode_throughput"].parent.name == "replot"
+
+
+def test_broken_figure_keeps_the_others_and_says_how_to_replot(engine_run, monkeypatch):
+    _, result = engine_run
+    experiment = load_experiment("engine")
+
+    def broken(records, cfg):
+        raise KeyError("no_such_metric")
+
+    monkeypatch.setattr(experiment.figures["fig_prefill_throughput"], "fn", broken)
+    with pytest.raises(FigureFailedError, match=r"fig_prefill_throughput: KeyError.*replot="):
+        replot(experiment, result.rows_path, figures_subdir="broken")
+    assert (result.rows_path.parent / "figures" / "broken" / "fig_decode_throughput-cpu.png").exists()
