@@ -283,7 +283,7 @@ _FIG11_ARGS = {
     "tree_of_thought": lambda c: [c.workload.question, "2", "2", "6"],
     "attention_sink": lambda c: [c.workload.prompt, "16", "1", "2"],
     "constrained_decoding": lambda c: [c.workload.prompt, "red apple", "green pear", "blue plum"],
-    "agent_react": lambda c: [c.workload.question, "2", "8"],
+    "agent_react": lambda c: [c.workload.question, str(c.sweep.agent_turns), str(c.sweep.thought_tokens)],
 }
 
 

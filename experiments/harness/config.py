@@ -117,6 +117,11 @@ def _check_ray(ray_cfg: DictConfig, engine: DictConfig) -> None:
         return
     if not isinstance(ray_cfg.num_workers, int) or ray_cfg.num_workers < 1:
         raise ConfigError(f"ray.num_workers={ray_cfg.num_workers!r} must be a positive integer")
+    if ":" in str(engine.device):
+        raise ConfigError(
+            f"engine.device={engine.device!r} with Ray: use engine.device=cuda, Ray gives each worker its "
+            "own GPU (or ray.enabled=false to pick one yourself)"
+        )
     if ray_cfg.address is not None:
         return  # a cluster's resources are only known once connected; Ray reports what is missing
     num_cpus = ray_cfg.num_cpus or os.cpu_count() or 1
@@ -126,9 +131,19 @@ def _check_ray(ray_cfg: DictConfig, engine: DictConfig) -> None:
             f"ray.num_workers={ray_cfg.num_workers} x ray.cpus_per_worker={per_worker} needs more than "
             f"the {num_cpus} CPUs of the local Ray; Ray would wait forever for them"
         )
-    gpus = ray_cfg.gpus_per_worker
-    if gpus and not str(engine.device).startswith("cuda"):
+    on_cuda = str(engine.device).startswith("cuda")
+    gpus = ray_cfg.gpus_per_worker if ray_cfg.gpus_per_worker is not None else int(on_cuda)
+    if gpus and not on_cuda:
         raise ConfigError(f"ray.gpus_per_worker={gpus} but engine.device={engine.device!r}")
+    if gpus:
+        import torch
+
+        have = torch.cuda.device_count()
+        if gpus * ray_cfg.num_workers > have:
+            raise ConfigError(
+                f"ray.num_workers={ray_cfg.num_workers} x {gpus} GPU(s) each needs more than the {have} GPU(s) "
+                "here; Ray would wait forever for them"
+            )
 
 
 def _check_wandb(wandb_cfg: DictConfig) -> None:

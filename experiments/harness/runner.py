@@ -36,7 +36,7 @@ class PointWorker:
 
         if num_threads:
             # Ray sets OMP_NUM_THREADS for a worker but torch may already have read it; be explicit.
-            torch.set_num_threads(num_threads)
+            torch.set_num_threads(max(1, int(num_threads)))
         self._experiment = load_experiment(experiment) if isinstance(experiment, str) else experiment
         self._cfg = OmegaConf.create(cfg)
         self._ctx = WorkerContext(self._cfg)

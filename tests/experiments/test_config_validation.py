@@ -47,6 +47,7 @@ def test_unknown_group_option_is_rejected_by_compose():
         ("engine.device=tpu", "engine.device='tpu'"),
         ("wandb.mode=sometimes", "wandb.mode='sometimes'"),
         ("ray.num_workers=64", "Ray would wait forever"),
+        ("ray.gpus_per_worker=1", "ray.gpus_per_worker=1 but engine.device='cpu'"),
         ("sweep.systems=[ours,vllm]", "sweep.systems has ['vllm']"),
         ("sweep.decode_new_tokens=1", "sweep.decode_new_tokens=1"),
         ("sweep.prefill_lens=[0]", "positive"),
