@@ -1,7 +1,8 @@
 """The two baselines of the paper's evaluation, on the same engine.
 
-* :class:`NoProtection`: one process holds every prompt and batches everyone (``core.Engine``).
-  The fastest possible and the reference SPD's overhead is measured against.
+* :class:`NoProtection`: one process holds every prompt and batches everyone. The fastest
+  possible, and the reference SPD's overhead is measured against (exactness tests compare SPD
+  with ``core.engine.Engine`` as well).
 * :class:`FullIsolation`: one full model instance per user, each in its own process, each serving
   only its user. Prompts are as isolated as with SPD, but nothing is batched across users and
   every user pays for a whole copy of the model's weights.
@@ -19,33 +20,52 @@ from multiprocessing.connection import Connection
 
 import torch
 
-from core.config import EngineConfig
-from core.engine import Engine
-from core.sampling import SamplingParams
+from core.sampling import SamplingParams, sample
+from core.sequence import KVSequence
 from petridish.model_spec import ModelSpec
 from petridish.service_process import RequestMetrics, RequestResult
 
 
-def _result(request_id: int, out, t0: float) -> RequestResult:
-    m = out.metrics
-    return RequestResult(
-        request_id,
-        [list(out.token_ids)],
-        None,
-        RequestMetrics(ttft_s=m.first_token_s - t0, tpot_s=m.tpot_s or 0.0, e2e_s=m.finish_s - t0),
-    )
-
-
 class NoProtection:
-    """Plain batched serving: the provider's process sees every prompt."""
+    """Plain batched serving: the provider's process holds every prompt and its KV.
 
-    def __init__(self, model, tokenizer, engine_config: EngineConfig | None = None):
-        self.engine = Engine(model, tokenizer, engine_config or EngineConfig(num_pages=1024))
+    The decode loop is the service's (one batched ``Model.forward`` per step over every user,
+    same sampling and stop rule) without the split, so SPD's overhead is measured against the same
+    code; prompts are prefilled together in one forward pass, as the user processes do in parallel.
+    """
+
+    def __init__(self, model, tokenizer, page_size: int = 16, num_pages: int = 1024):
+        self.model, self.tokenizer = model, tokenizer
+        self.pool = model.new_kv_pool(num_pages, page_size)
 
     def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[RequestResult]:
+        params = params or SamplingParams()
         t0 = time.perf_counter()
-        outs = self.engine.generate(list(prompts), params)
-        return [_result(i, out, t0) for i, out in enumerate(outs)]
+        seqs = [KVSequence(self.pool) for _ in prompts]
+        try:
+            outs = self.model.forward(self.pool, [s.entry(token_ids=self.tokenizer.encode(p)) for s, p in zip(seqs, prompts)])
+            gen = params.make_generator()
+            rows = [[sample(o.logits[-1], params, gen)] for o in outs]
+            t_first = time.perf_counter()
+            stop = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.tokenizer.eos_token_ids))
+            live = [i for i, r in enumerate(rows) if not _done(r, stop, params)]
+            while live:
+                outs = self.model.forward(self.pool, [seqs[i].entry(token_ids=[rows[i][-1]]) for i in live])
+                for i, o in zip(live, outs):
+                    rows[i].append(sample(o.logits[-1], params, gen))
+                live = [i for i in live if not _done(rows[i], stop, params)]
+        finally:
+            for s in seqs:
+                s.release()
+        now = time.perf_counter()
+        return [
+            RequestResult(i, [row], None, RequestMetrics(t_first - t0, (now - t_first) / max(len(row) - 1, 1), now - t0))
+            for i, row in enumerate(rows)
+        ]
+
+
+def _done(row: list[int], stop: set[int], params: SamplingParams) -> bool:
+    return len(row) >= params.max_new_tokens or row[-1] in stop
 
 
 @dataclass(frozen=True)
@@ -59,13 +79,13 @@ class FullIsolation:
 
     _ctx = mp.get_context("spawn")
 
-    def __init__(self, spec: ModelSpec, num_users: int, num_threads: int = 1, engine_config: EngineConfig | None = None):
+    def __init__(self, spec: ModelSpec, num_users: int, num_threads: int = 1, num_pages: int = 256):
         self._conns: list[Connection] = []
         self._procs = []
         for _ in range(num_users):
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(
-                target=_isolated_main, args=(spec, child, num_threads, engine_config), daemon=True
+                target=_isolated_main, args=(spec, child, num_threads, num_pages), daemon=True
             )
             proc.start()
             child.close()
@@ -88,6 +108,13 @@ class FullIsolation:
             results.append(RequestResult(i, [token_ids], None, RequestMetrics(ttft_s, tpot_s, done - t0)))
         return results
 
+    def memory_bytes(self) -> dict[str, int]:
+        """Private memory of every instance (each holds its own weights and KV)."""
+        from petridish.system import unique_bytes
+
+        total = sum(unique_bytes(p.pid) for p in self._procs)
+        return {"instances_bytes": total, "total_bytes": total}
+
     def close(self) -> None:
         for conn, proc in zip(self._conns, self._procs):
             conn.close()  # the instance sees EOF and exits
@@ -102,17 +129,15 @@ class FullIsolation:
         self.close()
 
 
-def _isolated_main(spec: ModelSpec, conn: Connection, num_threads: int, engine_config: EngineConfig | None) -> None:
+def _isolated_main(spec: ModelSpec, conn: Connection, num_threads: int, num_pages: int) -> None:
     torch.set_num_threads(num_threads)
     model, tokenizer = spec.load()
-    engine = Engine(model, tokenizer, engine_config or EngineConfig(num_pages=256))
+    server = NoProtection(model, tokenizer, num_pages=num_pages)  # serving its one user only
     conn.send("ready")
     while True:
         try:
             job: _Job = conn.recv()
         except EOFError:
             return
-        t0 = time.perf_counter()
-        (out,) = engine.generate([job.prompt], job.params)
-        m = out.metrics
-        conn.send((list(out.token_ids), m.first_token_s - t0, m.tpot_s or 0.0))
+        (res,) = server.generate([job.prompt], job.params)
+        conn.send((res.token_ids, res.metrics.ttft_s, res.metrics.tpot_s))

@@ -11,11 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import psutil
+
 from core.sampling import SamplingParams
 from petridish.messages import PromptRequest
 from petridish.model_spec import ModelSpec
 from petridish.service_process import RequestResult, ServiceConfig, ServiceProcess
 from petridish.user_process import UserProcess, UserProcessConfig
+from petridish.weights import SharedWeights
+
+
+def unique_bytes(pid: int) -> int:
+    """Memory only this process holds (USS); 0 if it is gone."""
+    try:
+        return int(psutil.Process(pid).memory_full_info().uss)
+    except psutil.Error:
+        return 0
 
 
 class Petridish:
@@ -28,10 +39,13 @@ class Petridish:
         service_config: ServiceConfig | None = None,
         user_config: UserProcessConfig | None = None,
         keep_logits: bool = False,
+        share_weights: bool = True,
     ):
         self.spec = spec
         self.user_config = user_config or UserProcessConfig()
         model, tokenizer = spec.load()
+        # User processes map the service's weights (one copy in memory) or load their own.
+        self.source = SharedWeights.from_model(model, tokenizer) if share_weights else spec
         self.service = ServiceProcess(model, tokenizer, service_config, keep_logits=keep_logits)
         self.users = [self._spawn() for _ in range(num_users)]
         for user in self.users:  # processes load in parallel; wait for all
@@ -40,7 +54,7 @@ class Petridish:
 
     def _spawn(self) -> UserProcess:
         c = self.service.model.config
-        return UserProcess(self.spec, c.num_heads, c.head_dim, self.user_config)
+        return UserProcess(self.source, c.num_heads, c.head_dim, self.user_config)
 
     def generate(
         self,
@@ -78,7 +92,22 @@ class Petridish:
                 r.true_row = min(obfuscation.true_row, max(len(r.rows) - 1, 0))
         return [results[rid] for rid in ids]
 
+    def memory_bytes(self, num_users: int | None = None) -> dict[str, int]:
+        """Memory of the system serving ``num_users``: weights (once), KV pools, user processes.
+
+        A user process's cost is its unique set size (USS): memory no other process shares, so
+        the mapped shared weights are not counted again.
+        """
+        model = self.service.model
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        pool = sum(t.numel() * t.element_size() for t in [*self.service.pool.k_cache, *self.service.pool.v_cache])
+        users = sum(unique_bytes(u.pid) for u in self.users[: num_users or len(self.users)])
+        return {"weights_bytes": weights, "service_kv_bytes": pool, "user_processes_bytes": users,
+                "total_bytes": weights + pool + users}
+
     def close(self) -> None:
+        for user in self.users:
+            user.request_shutdown()
         for user in self.users:
             user.close()
 

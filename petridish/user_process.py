@@ -1,8 +1,9 @@
 """UserProcess: one real OS process per user, holding that user's private prompt and its KV.
 
 The process is *spawned* (a fresh interpreter), never forked: a forked child would inherit a copy
-of the parent's memory, which may hold other users' data. It loads its own copy of the model
-weights once (frozen, read-only), then serves requests one at a time:
+of the parent's memory, which may hold other users' data. It gets the model once, either by
+mapping the service's weights from shared memory (:class:`SharedWeights`, the default, as in the
+paper) or by loading its own copy (:class:`ModelSpec`), then serves requests one at a time:
 
 1. the controller sends a :class:`PromptRequest` over the control pipe (the service never sees it);
 2. the process tokenizes and prefills it into its private pool (:class:`PromptVault`) and sends a
@@ -30,6 +31,9 @@ from petridish.channel import UserCrashedError, UserEndArgs, UserStalledError, c
 from petridish.messages import PrefillReply, PromptRequest, Shutdown, UserFailure
 from petridish.model_spec import ModelSpec
 from petridish.vault import PromptVault, plain_buffer
+from petridish.weights import SharedWeights
+
+ModelSource = ModelSpec | SharedWeights  # load from the checkpoint, or attach to the service's weights
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class UserProcess:
 
     _ctx = mp.get_context("spawn")
 
-    def __init__(self, spec: ModelSpec, num_heads: int, head_dim: int, config: UserProcessConfig | None = None):
+    def __init__(self, spec: ModelSource, num_heads: int, head_dim: int, config: UserProcessConfig | None = None):
         self.spec, self.config = spec, config or UserProcessConfig()
         self.channel, child_end = create_channel(self.config.max_rows, num_heads, head_dim)
         self._control, child_control = self._ctx.Pipe(duplex=True)
@@ -99,11 +103,16 @@ class UserProcess:
             with contextlib.suppress(UserCrashedError):
                 self._send(Finish(request_id))
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Ask the process to exit, then make sure it did; free the channel."""
+    def request_shutdown(self) -> None:
+        """Ask the process to exit without waiting (close many processes in parallel)."""
         if self.process.is_alive():
             with contextlib.suppress(UserCrashedError):
                 self._send(Shutdown())
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask the process to exit, then make sure it did; free the channel."""
+        if self.process.is_alive():
+            self.request_shutdown()
             self.process.join(timeout)
         if self.process.is_alive():
             self.process.kill()
@@ -139,7 +148,7 @@ class UserRequestError(RuntimeError):
     """The user process rejected or failed the request (bad prompt, no room for its KV, ...)."""
 
 
-def _user_main(spec: ModelSpec, channel_args: UserEndArgs, control: Connection, config: UserProcessConfig) -> None:
+def _user_main(spec: ModelSource, channel_args: UserEndArgs, control: Connection, config: UserProcessConfig) -> None:
     """Entry point of the spawned process: load once, then serve requests until shut down."""
     torch.set_num_threads(config.num_threads)
     model, tokenizer = spec.load()

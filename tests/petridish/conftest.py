@@ -20,9 +20,11 @@ def spec_for(family: str) -> ModelSpec:
 
 
 def system_for(family: str) -> Petridish:
+    """Two users per family; the llama system has two more that the fault test may kill."""
     if family not in _SYSTEMS:
         config = ServiceConfig(stall_timeout_s=3.0, record_messages=True)
-        _SYSTEMS[family] = Petridish(spec_for(family), num_users=2, service_config=config, keep_logits=True)
+        users = 4 if family == "llama" else 2
+        _SYSTEMS[family] = Petridish(spec_for(family), num_users=users, service_config=config, keep_logits=True)
     return _SYSTEMS[family]
 
 
