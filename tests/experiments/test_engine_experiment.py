@@ -81,3 +81,15 @@ def test_broken_figure_keeps_the_others_and_says_how_to_replot(engine_run, monke
     with pytest.raises(FigureFailedError, match=r"fig_prefill_throughput: KeyError.*replot="):
         replot(experiment, result.rows_path, figures_subdir="broken")
     assert (result.rows_path.parent / "figures" / "broken" / "fig_decode_throughput-cpu.png").exists()
+
+
+def test_model_is_loaded_once_per_worker_not_per_point(tmp_path, tiny_engine_overrides, monkeypatch):
+    from experiments.harness import context
+
+    calls = []
+    real_load = context.load_configured_model
+    monkeypatch.setattr(context, "load_configured_model", lambda cfg: calls.append(1) or real_load(cfg))
+    context.clear_process_cache()
+    overrides = [*tiny_engine_overrides, "sweep.systems=[ours]"]  # 4 points, all on our engine
+    result = run_experiment("engine", overrides, tmp_path)
+    assert len(result.rows) == 4 and len(calls) == 1
