@@ -304,6 +304,11 @@ class _Parser:
             parent.children.append(Text(_unescape(chunk), self.line_of(offset)))
 
 
+def escape(text: str) -> str:
+    """Make arbitrary text safe inside PML (its ``&`` and ``<`` become entities)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
 def _unescape(s: str) -> str:
     return _ENTITY_RE.sub(lambda m: _ENTITIES[m.group(0)], s)
 

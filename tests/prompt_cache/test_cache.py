@@ -12,17 +12,17 @@ from prompt_cache.cache import PromptCache
 from prompt_cache.pml import UnknownModuleError
 
 SCHEMA = """<schema name="trip">
-<system>You plan trips.</system>
+<system>Plan trips.</system>
 <user>
-<module name="plan">A trip of <param name="days" len="4"/> days
+<module name="plan">Trip of <param name="days" len="4"/> days
   <union scaffold="city">
-    <module name="city">to a busy city</module>
-    <module name="beach">to a sunny beach near <param name="where" len="5"/> in summer</module>
+    <module name="city">to a city</module>
+    <module name="beach">to a beach by <param name="where" len="5"/> in May</module>
   </union>
-  and then home again.
+  then home.
 </module>
-<module name="live" cache="false">Weather: <param name="sky" len="3"/> today.</module>
-<module name="notes">Pack light; bring a hat and a good book.</module>
+<module name="live" cache="false">Sky: <param name="sky" len="3"/>.</module>
+<module name="notes">Pack light; bring a hat.</module>
 </user>
 </schema>"""
 
@@ -33,7 +33,9 @@ PROMPTS = [
     '<prompt schema="trip"><notes/><plan days="3"/></prompt>',  # no text: the last cached token is recomputed
     '<prompt schema="trip"><plan><beach where="Rome"/></plan></prompt>',  # no text, ends inside a module
 ]
-STEPS = 4
+STEPS = 2
+# Gemma 3 (sliding windows of 8 over gapped positions) on the prompts with arguments, cache="false" and no text.
+CASES = [("llama", p) for p in PROMPTS] + [("gemma3", PROMPTS[2]), ("gemma3", PROMPTS[4])]
 
 
 def _check(cache: PromptCache, prompt: str) -> None:
@@ -44,8 +46,7 @@ def _check(cache: PromptCache, prompt: str) -> None:
     assert out.token_ids == expected
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])  # gemma3: sliding windows over gapped positions
-@pytest.mark.parametrize("prompt", PROMPTS)
+@pytest.mark.parametrize(("family", "prompt"), CASES)
 def test_cached_logits_match_block_diagonal_full_forward(family, prompt):
     cache = PromptCache(make_engine(family))
     cache.add_schema(SCHEMA)
@@ -76,16 +77,16 @@ def test_device_store_shares_module_pages_without_copying():
 def test_eviction_under_a_small_budget_reencodes_and_keeps_outputs():
     roomy = PromptCache(make_engine("llama"))
     roomy.add_schema(SCHEMA)
-    tight = PromptCache(make_engine("llama"), capacity_tokens=60)
+    tight = PromptCache(make_engine("llama"), capacity_tokens=40)
     tight.add_schema(SCHEMA)
-    assert tight.store.num_tokens <= 60 and tight.store.num_evictions > 0
+    assert tight.store.num_tokens <= 40 and tight.store.num_evictions > 0
     params = SamplingParams(max_new_tokens=3, ignore_eos=True)
     for prompt in PROMPTS[:3]:
         assert tight.generate(prompt, params).token_ids == roomy.generate(prompt, params).token_ids
 
 
 def test_pool_exhaustion_evicts_least_recently_used_modules():
-    cache = PromptCache(make_engine("llama", num_pages=80))  # one schema takes 56 pages
+    cache = PromptCache(make_engine("llama", num_pages=60))  # one schema takes 44 pages
     cache.add_schema(SCHEMA)
     other = SCHEMA.replace('name="trip"', 'name="trip2"')
     cache.add_schema(other)  # does not fit beside the first: old modules are evicted
