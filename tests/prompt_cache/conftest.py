@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.config import EngineConfig
 from core.engine import Engine
 from core.testing import tiny_model
+
+# One thread: the tiny models gain nothing from two, and the shared 2-core machine is oversubscribed.
+torch.set_num_threads(1)
 
 EXAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "prompt-cache-examples"
 

@@ -31,7 +31,7 @@ def test_bfcl_catalogue_has_one_module_per_function_and_ground_truth(tok):
 
 def test_python_docs_and_long_document_are_real_text_of_the_asked_length(tok):
     doc = data.long_document(200, tok)
-    layout, (selection,) = _select_all(doc, tok)
+    layout, _ = _select_all(doc, tok)
     assert len(layout.blocks[("doc",)]) == pytest.approx(200, abs=4)
     docs = data.python_docs(2, max_tokens=100, tokenizer=tok)
     _select_all(docs, tok)
@@ -51,5 +51,6 @@ def test_longbench_loader_reads_a_local_jsonl(tmp_path, tok):
     workload = data.longbench_jsonl(path)
     _, (selection,) = _select_all(workload, tok)
     assert workload.tasks[0].answers == ["a"]
+    assert "<there> was & a tale" in tok.decode(selection.blocks[1].token_ids)  # escaped, then restored
     with pytest.raises(data.DataNotFoundError):
         data.longbench_jsonl(tmp_path / "missing.jsonl")
