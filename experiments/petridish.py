@@ -79,6 +79,8 @@ def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> list[dict]:
     if fig == "breakdown":
         return [_breakdown(ctx, cfg, point["send_point"], users, prompt_tokens, new_tokens)]
     systems = SYSTEMS if fig in ("users", "model") else ("no_protection", "spd")
+    if users > cfg.sweep.isolation_max_users:
+        systems = tuple(s for s in systems if s != "full_isolation")
     return [_serve(ctx, cfg, s, model, users, prompt_tokens, new_tokens) for s in systems]
 
 
@@ -113,7 +115,8 @@ def _random_llama(hidden: int, layers: int) -> str:
 
 
 def _petridish(ctx: WorkerContext, cfg: DictConfig, model: str):
-    """One Petridish per model, with max(sweep.users) user processes started once."""
+    """One Petridish per model, its user processes started once: max(sweep.users) for the configured
+    model (Fig 4), workload.users for the other sizes (Fig 5)."""
     from petridish import ModelSpec, Petridish, ServiceConfig, UserProcessConfig
 
     source = _source(ctx, cfg, model)
@@ -122,7 +125,7 @@ def _petridish(ctx: WorkerContext, cfg: DictConfig, model: str):
     def build():
         spec = ModelSpec(source, dtype=e.dtype, device=str(e.device), attention_backend=e.attention_backend)
         pd = Petridish(
-            spec, max(cfg.sweep.users),
+            spec, max(cfg.sweep.users) if model == "default" else cfg.workload.users,
             service_config=ServiceConfig(page_size=s.page_size, num_pages=s.num_pages, stall_timeout_s=s.stall_timeout_s),
             user_config=UserProcessConfig(num_threads=s.user_threads, num_pages=s.user_pages, page_size=s.page_size),
             share_weights=s.share_weights,
@@ -296,15 +299,20 @@ def fig4_latency_vs_users(records: list[dict], cfg: DictConfig) -> FigureResult:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for system in ("spd", "full_isolation"):
-        ys = [_tpot(recs, system, "users", n) / _tpot(recs, "no_protection", "users", n) for n in users]
-        ax.plot(users, ys, marker="o", label=LABELS[system])
+        xs = [n for n in users if _has(recs, system, n)]
+        ys = [_tpot(recs, system, "users", n) / _tpot(recs, "no_protection", "users", n) for n in xs]
+        ax.plot(xs, ys, marker="o", label=LABELS[system])
     ax.axhline(1.0, color="gray", ls="--", label=LABELS["no_protection"])
     ax.set(xlabel="users", ylabel="latency / no protection", title="Fig 4: normalised latency per token")
     ax.legend()
-    n = users[-1]
+    n, m = users[-1], max(n for n in users if _has(recs, "full_isolation", n))
     spd = _tpot(recs, "spd", "users", n) / _tpot(recs, "no_protection", "users", n)
-    iso = _tpot(recs, "full_isolation", "users", n) / _tpot(recs, "spd", "users", n)
-    return FigureResult(fig, f"{n} users: SPD {spd:.2f}x no protection; full isolation {iso:.2f}x SPD")
+    iso = _tpot(recs, "full_isolation", "users", m) / _tpot(recs, "spd", "users", m)
+    return FigureResult(fig, f"{n} users: SPD {spd:.2f}x no protection; {m} users: full isolation {iso:.2f}x SPD")
+
+
+def _has(recs: list[dict], system: str, users: int) -> bool:
+    return any(r["system"] == system and r["users"] == users for r in recs)
 
 
 @EXPERIMENT.figure(paper="Fig 5: SPD's overhead over no protection shrinks as the model grows")
@@ -373,13 +381,14 @@ def throughput_and_memory(records: list[dict], cfg: DictConfig) -> FigureResult:
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 3.2))
     get = lambda s, n, k: next(r[k] for r in recs if r["system"] == s and r["users"] == n)
     for system in SYSTEMS:
-        a.plot(users, [get(system, n, "throughput_tok_per_s") for n in users], marker="o", label=LABELS[system])
-        b.plot(users, [get(system, n, "total_bytes") / 2**30 for n in users], marker="o", label=LABELS[system])
+        xs = [n for n in users if _has(recs, system, n)]
+        a.plot(xs, [get(system, n, "throughput_tok_per_s") for n in xs], marker="o", label=LABELS[system])
+        b.plot(xs, [get(system, n, "total_bytes") / 2**30 for n in xs], marker="o", label=LABELS[system])
     a.set(xlabel="users", ylabel="output tokens / s")
     b.set(xlabel="users", ylabel="memory (GiB)")
     a.legend(fontsize=7)
     fig.suptitle("Throughput and memory vs users")
-    n = users[-1]
+    n = max(n for n in users if _has(recs, "full_isolation", n))
     gain = get("spd", n, "throughput_tok_per_s") / get("full_isolation", n, "throughput_tok_per_s")
     mem = get("full_isolation", n, "total_bytes") / get("spd", n, "total_bytes")
     return FigureResult(fig, f"{n} users: SPD throughput {gain:.2f}x full isolation, {mem:.2f}x less memory")
