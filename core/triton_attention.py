@@ -87,6 +87,30 @@ def _finish(m_i, l_i, acc):
 
 
 @triton.jit
+def _prefill_tile_mask(
+    start, seq, ctx_len, kv_end, tok, limit, row_ok, masked_rows, mask_off, q_pos, sliding_window,
+    block_table_ptr, pos_ptr, mask_ptr, stride_bt, stride_pp,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, SLIDING: tl.constexpr,
+):  # fmt: skip
+    """Which of the keys ``start .. start + BLOCK_N`` each query row may attend to (BLOCK_M, BLOCK_N),
+    with the keys' pages and in-page offsets: the causal limit ``j <= L - n + i`` (or the row of
+    the custom mask), then the sliding window on positions."""
+    j = start + tl.arange(0, BLOCK_N)
+    j_ok = j < kv_end
+    page = tl.load(block_table_ptr + seq * stride_bt + j // PAGE_SIZE, mask=j_ok, other=0).to(tl.int64)
+    offset = j % PAGE_SIZE
+    allowed = row_ok[:, None] & j_ok[None, :] & (j[None, :] <= limit[:, None])
+    if HAS_MASK:
+        in_mask = (masked_rows & row_ok)[:, None] & j_ok[None, :]
+        custom = tl.load(mask_ptr + mask_off + tok[:, None] * ctx_len + j[None, :], mask=in_mask, other=0)
+        allowed = tl.where(masked_rows[:, None], in_mask & (custom != 0), allowed)
+    if SLIDING:
+        k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=j_ok, other=0).to(tl.int32)
+        allowed = allowed & ((q_pos[:, None] - k_pos[None, :]) < sliding_window)
+    return allowed, page, offset, j_ok
+
+
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, out_ptr, lse_ptr,
     work_seq_ptr, work_first_ptr, query_start_ptr, context_len_ptr, block_table_ptr, q_pos_ptr,
@@ -106,8 +130,8 @@ def _prefill_kernel(
     the block table, builds the allowed mask (causal limit ``j <= L - n + i``, or the custom mask
     row; then the sliding window on positions), reads only the K/V rows some query may attend to,
     and folds the tile in with the online softmax. A causal block stops at its last query's limit;
-    with a window or mask, tiles no row attends to are skipped whole, so a sliding-window layer
-    reads and multiplies O(window) keys per query, not O(context) (positions need not be monotone).
+    with a window or mask, a first pass over positions (and mask rows) narrows the loop to the span
+    of tiles some row attends to.
     """
     work = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -131,42 +155,53 @@ def _prefill_kernel(
     )
     limit = ctx_len - n + tok  # causal: query i sees context tokens j <= L - n + i
     kv_end = tl.maximum(tl.minimum(ctx_len, ctx_len - n + first + BLOCK_M // GROUP_PAD), 0)
+    mask_off = -1  # -1: this sequence is causal
+    masked_rows = row_ok & False
+    q_pos = 0
     if HAS_MASK:
-        mask_off = tl.load(mask_off_ptr + seq)  # -1: this sequence is causal
+        mask_off = tl.load(mask_off_ptr + seq)
         kv_end = tl.where(mask_off >= 0, ctx_len, kv_end)
         # Per row rather than a scalar: the interpreter mis-types scalar & block masks.
         masked_rows = (tl.zeros([BLOCK_M], tl.int64) + mask_off) >= 0
     if SLIDING:
-        q_pos = tl.load(q_pos_ptr + q_rows, mask=row_ok, other=0)
+        # Positions are < 2**31 (a model's context); int32 halves the registers of the window test.
+        q_pos = tl.load(q_pos_ptr + q_rows, mask=row_ok, other=0).to(tl.int32)
+
+    if HAS_MASK or SLIDING:
+        # Pass 1 reads only positions (and mask rows) to find the span of tiles some row attends
+        # to, so pass 2 spends K/V reads and dots on O(window) keys per query, not O(context), and
+        # stays a branch-free loop the compiler can software-pipeline. Positions need not be
+        # monotone: then the span is just wider.
+        kv_lo = kv_end
+        kv_hi = kv_end * 0
+        for start in range(0, kv_end, BLOCK_N):
+            allowed, page, offset, j_ok = _prefill_tile_mask(
+                start, seq, ctx_len, kv_end, tok, limit, row_ok, masked_rows, mask_off, q_pos, sliding_window,
+                block_table_ptr, pos_ptr, mask_ptr, stride_bt, stride_pp, PAGE_SIZE, BLOCK_N, HAS_MASK, SLIDING,
+            )  # fmt: skip
+            hit = tl.max(tl.max(allowed.to(tl.int32), axis=1), axis=0) > 0
+            kv_lo = tl.minimum(kv_lo, tl.where(hit, start, kv_end))
+            kv_hi = tl.maximum(kv_hi, tl.where(hit, start + BLOCK_N, 0))
+    else:
+        kv_lo = kv_end * 0
+        kv_hi = kv_end
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for start in range(0, kv_end, BLOCK_N):
-        j = start + tl.arange(0, BLOCK_N)
-        j_ok = j < kv_end
-        page = tl.load(block_table_ptr + seq * stride_bt + j // PAGE_SIZE, mask=j_ok, other=0).to(tl.int64)
-        offset = j % PAGE_SIZE
-        allowed = row_ok[:, None] & j_ok[None, :] & (j[None, :] <= limit[:, None])
-        if HAS_MASK:
-            in_mask = (masked_rows & row_ok)[:, None] & j_ok[None, :]
-            custom = tl.load(mask_ptr + mask_off + tok[:, None] * ctx_len + j[None, :], mask=in_mask, other=0)
-            allowed = tl.where(masked_rows[:, None], in_mask & (custom != 0), allowed)
-        if SLIDING:
-            k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=j_ok, other=0)
-            allowed = allowed & ((q_pos[:, None] - k_pos[None, :]) < sliding_window)
+    for start in range(kv_lo, kv_hi, BLOCK_N):
+        allowed, page, offset, j_ok = _prefill_tile_mask(
+            start, seq, ctx_len, kv_end, tok, limit, row_ok, masked_rows, mask_off, q_pos, sliding_window,
+            block_table_ptr, pos_ptr, mask_ptr, stride_bt, stride_pp, PAGE_SIZE, BLOCK_N, HAS_MASK, SLIDING,
+        )  # fmt: skip
+        if HAS_MASK or SLIDING:
+            key_ok = tl.max(allowed.to(tl.int32), axis=0) > 0  # K/V rows no query attends to are not read
+        else:
+            key_ok = j_ok  # causal: every key before kv_end is attended by some row
         k_ptrs = k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :]
         v_ptrs = v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :]
-        if HAS_MASK or SLIDING:
-            # Read only keys some row may attend to, and skip tiles no row attends to (outside every
-            # window, or masked out): such pages cost neither bandwidth nor compute.
-            needed = tl.max(allowed.to(tl.int32), axis=0) > 0
-            if tl.max(needed.to(tl.int32), axis=0) > 0:
-                m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, needed[:, None] & d_ok[None, :], allowed,
-                                             m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)  # fmt: skip
-        else:
-            m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, j_ok[:, None] & d_ok[None, :], allowed,
-                                         m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)  # fmt: skip
+        m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, key_ok[:, None] & d_ok[None, :], allowed,
+                                     m_i, l_i, acc, sm_scale_log2, DOT_PRECISION)  # fmt: skip
 
     out, lse = _finish(m_i, l_i, acc)
     tl.store(
@@ -180,6 +215,23 @@ def _prefill_kernel(
 # --------------------------------------------------------------------------------------------
 # Kernel 2: paged decode, split along the KV length (flash-decoding)
 # --------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _decode_tile_keys(
+    start, seq, kv_end, q_pos, sliding_window, block_table_ptr, pos_ptr, stride_bt, stride_pp,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SLIDING: tl.constexpr,
+):  # fmt: skip
+    """Keys ``start .. start + BLOCK_N`` the single query may attend to, with their pages and
+    offsets: all of the context (the query is its last token), within the window if any."""
+    j = start + tl.arange(0, BLOCK_N)
+    key_ok = j < kv_end
+    page = tl.load(block_table_ptr + seq * stride_bt + j // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
+    offset = j % PAGE_SIZE
+    if SLIDING:
+        k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=key_ok, other=0)
+        key_ok = key_ok & ((q_pos - k_pos) < sliding_window)
+    return key_ok, page, offset
 
 
 @triton.jit
@@ -219,30 +271,35 @@ def _decode_kernel(
         mask=row_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
+    q_pos = 0
     if SLIDING:
         q_pos = tl.load(q_pos_ptr + seq)
+
+    span_lo = kv_begin
+    span_hi = kv_end
+    if SLIDING:
+        # Pass 1 reads only positions to find the span of this split's tiles inside the window, so
+        # pass 2 stays a branch-free (software-pipelined) loop over O(window) keys.
+        span_lo = kv_end
+        span_hi = kv_begin
+        for start in range(kv_begin, kv_end, BLOCK_N):
+            key_ok, page, offset = _decode_tile_keys(start, seq, kv_end, q_pos, sliding_window, block_table_ptr,
+                                                     pos_ptr, stride_bt, stride_pp, PAGE_SIZE, BLOCK_N, SLIDING)  # fmt: skip
+            hit = tl.max(key_ok.to(tl.int32), axis=0) > 0
+            span_lo = tl.minimum(span_lo, tl.where(hit, start, kv_end))
+            span_hi = tl.maximum(span_hi, tl.where(hit, start + BLOCK_N, kv_begin))
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, BLOCK_D], tl.float32)
-    for start in range(kv_begin, kv_end, BLOCK_N):
-        j = start + tl.arange(0, BLOCK_N)
-        key_ok = j < kv_end  # the single query is the context's last token: it sees all of it
-        page = tl.load(block_table_ptr + seq * stride_bt + j // PAGE_SIZE, mask=key_ok, other=0).to(tl.int64)
-        offset = j % PAGE_SIZE
+    for start in range(span_lo, span_hi, BLOCK_N):
+        key_ok, page, offset = _decode_tile_keys(start, seq, kv_end, q_pos, sliding_window, block_table_ptr,
+                                                 pos_ptr, stride_bt, stride_pp, PAGE_SIZE, BLOCK_N, SLIDING)  # fmt: skip
         k_ptrs = k_ptr + (page * stride_kp + offset * stride_ks + kv_head * stride_kh)[:, None] + d[None, :]
         v_ptrs = v_ptr + (page * stride_vp + offset * stride_vs + kv_head * stride_vh)[:, None] + d[None, :]
-        if SLIDING:
-            k_pos = tl.load(pos_ptr + page * stride_pp + offset, mask=key_ok, other=0)
-            key_ok = key_ok & ((q_pos - k_pos) < sliding_window)
-            if tl.max(key_ok.to(tl.int32), axis=0) > 0:  # tiles wholly outside the window are skipped
-                m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, key_ok[:, None] & d_ok[None, :],
-                                             row_ok[:, None] & key_ok[None, :], m_i, l_i, acc, sm_scale_log2,
-                                             DOT_PRECISION)  # fmt: skip
-        else:
-            m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, key_ok[:, None] & d_ok[None, :],
-                                         row_ok[:, None] & key_ok[None, :], m_i, l_i, acc, sm_scale_log2,
-                                         DOT_PRECISION)  # fmt: skip
+        m_i, l_i, acc = _attend_tile(q, k_ptrs, v_ptrs, key_ok[:, None] & d_ok[None, :],
+                                     row_ok[:, None] & key_ok[None, :], m_i, l_i, acc, sm_scale_log2,
+                                     DOT_PRECISION)  # fmt: skip
 
     out, lse = _finish(m_i, l_i, acc)
     base_o = split.to(tl.int64) * stride_os + seq.to(tl.int64) * stride_ot
@@ -473,15 +530,19 @@ def paged_prefill(
     group = num_heads // num_kv_heads
     group_pad = triton.next_power_of_2(group)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    # Tiles sized for an H100's registers and shared memory (<= ~110 KB at two stages): 128 query
-    # rows x 64 keys for 256-byte rows (bf16 x 128), halved as rows get wider (fp32, dim 256).
+    # Tiles for an H100: 128 query rows x 64 keys for 256-byte rows (bf16 x 128), halved as rows
+    # get wider (fp32, dim 256); a window or custom mask builds a (rows, keys) mask per tile, so its
+    # tiles are narrower. Chosen so the sm_90 builds neither spill registers nor exceed ~110 KB of
+    # shared memory at two stages (read from the compiled binaries, not yet tuned by timing).
+    has_mask = dm.mask_flat is not None
     row_bytes = block_d * q.element_size()
     block_m = max(group_pad, 128 if row_bytes <= 256 else 64 if row_bytes <= 512 else 32)
-    block_n = 64 if row_bytes <= 256 else 32
+    block_n = 64 if row_bytes <= 256 and not (has_mask or sliding_window is not None) else 32
+    if has_mask:
+        block_m = max(group_pad, min(block_m, 64))
     seqs, firsts = _work_list(meta, dm, block_m // group_pad, q.device)
     if seqs.numel() == 0:
         return out, lse
-    has_mask = dm.mask_flat is not None
     dummy = dm.query_start  # stands in for unused pointer arguments
     _prefill_kernel[(seqs.numel(), num_kv_heads)](
         q, k_cache, v_cache, slot_positions, out, lse,
