@@ -6,7 +6,7 @@ import pytest
 
 TINY = [
     "model=tiny-random", "model.family=llama", "prompt.with_docs=false", "runtime.answer=Done.",
-    "latency.tpot_reference_s=null", "sweeps.ci.parallel_tasks=2", "sweeps.ci.multi_step_tasks=2",
+    "latency.tpot_reference_s=null", "sweeps.ci.parallel_tasks=1", "sweeps.ci.multi_step_tasks=1",
     "sweeps.ci.multi_step_steps=1", "sweeps.ci.trap_lengths=[32,128,256]", "sweeps.ci.accuracy_tasks=1",
     "sweeps.ci.accuracy_max_new_tokens=8", "sweeps.ci.user_interrupt_ms=[0,400]",
 ]
