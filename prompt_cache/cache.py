@@ -94,7 +94,8 @@ class PromptCache:
     def encode(self, schema_name: str, blocks: list[Block] | None = None) -> None:
         """Encode (or re-encode) cacheable blocks of a schema into the store."""
         layout = self.schemas[schema_name]
-        todo = [b for b in (blocks or layout.blocks.values()) if b.cache and self._key(layout, b) not in self.store]
+        todo = [b for b in (blocks or layout.blocks.values())
+                if b.cache and len(b) and self._key(layout, b) not in self.store]
         if not todo:
             return
         if self.scaffolding:
@@ -153,7 +154,7 @@ class PromptCache:
     def compose(self, prompt: Prompt | str) -> ComposedPrompt:
         """Check out the prompt's modules (encoding any that were evicted) and lay out new tokens."""
         layout, selection = self.select(prompt)
-        self.encode(layout.schema.name, [b for b in selection.blocks if b.cache])
+        self.encode(layout.schema.name, [b for b in selection.blocks if b.cache and len(b)])
         keys = frozenset(self._key(layout, b) for b in selection.blocks)
 
         def checkout(block: Block) -> list[int]:

@@ -78,6 +78,8 @@ def compose(pool: KVPool, selection: Selection, checkout: Callable[[Block], list
     owned: list[tuple[int, int, int]] = []  # (position, token, owner block index) computed now
     try:
         for i, block in enumerate(selection.blocks):
+            if not len(block):  # an empty module (e.g. a union's blank default member) holds no KV
+                continue
             if not block.cache:
                 owned += [(p, t, i) for p, t in block_tokens(block, selection.args.get(block.key, {}))]
                 continue

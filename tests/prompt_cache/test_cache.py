@@ -143,3 +143,11 @@ def test_unknown_schema_and_module_errors_are_precise():
         cache.generate('<prompt schema="trip">\n<plam/></prompt>')
     with pytest.raises(ValueError, match="schema 'nope' was not added"):
         cache.generate('<prompt schema="nope"><plan/></prompt>')
+
+
+@pytest.mark.parametrize("prompt", [None, '<prompt schema="mbti"><I/><F/> Describe the character.</prompt>'])
+def test_paper_example_prompt_matches_reference(examples_dir, prompt):
+    # The paper's own MBTI schema and prompt (unions with blank scaffold members, role tags, no text).
+    cache = PromptCache(make_engine("llama", long=True))
+    cache.add_schema(examples_dir / "schema_mbti_short.xml")
+    _check(cache, prompt or (examples_dir / "prompt_mbti.xml").read_text())
