@@ -149,14 +149,42 @@ def apply_lora(model: PagedCausalLM, r: int = 8, alpha: float = 16.0) -> list[nn
     return params
 
 
-def tag_embedding_rows(model: PagedCausalLM, vocab: CMLVocab) -> nn.Parameter:
-    """Make the embedding matrix trainable, but only in the tag rows (a gradient mask)."""
-    weight = model.embed_tokens.weight
-    weight.requires_grad_(True)
-    rows = torch.zeros(weight.shape[0], 1, dtype=weight.dtype)
-    rows[list(vocab.tag_ids.values())] = 1.0
-    weight.register_hook(lambda g: g * rows.to(g.device))
-    return weight
+class TagRowsEmbedding(nn.Module):
+    """The frozen embedding with the CML tag rows replaced by a small trainable ``(5, hidden)`` matrix.
+
+    ``weight`` is the effective matrix, so tied LM heads (``model.lm_head_weight()``) see the trained
+    rows too. Training touches 5 x hidden numbers instead of the whole vocab x hidden matrix (262k rows
+    on Gemma, whose optimizer state alone would be ~1.3 GB).
+    """
+
+    def __init__(self, base: nn.Embedding, rows: list[int]):
+        super().__init__()
+        self.base = base
+        self.register_buffer("rows", torch.tensor(rows), persistent=False)
+        self.tag_weight = nn.Parameter(base.weight.detach()[rows].clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self.tag_weight.requires_grad and torch.is_grad_enabled():  # training: a differentiable copy
+            return self.base.weight.index_put((self.rows,), self.tag_weight)
+        return self.base.weight  # serving: the rows were written in place by freeze()
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Write the trained rows into the base matrix and stop training them (no per-call copy)."""
+        self.base.weight[self.rows] = self.tag_weight.to(self.base.weight)
+        self.tag_weight.requires_grad_(False)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(token_ids, self.weight)
+
+
+def train_tag_rows(model: PagedCausalLM, vocab: CMLVocab) -> nn.Parameter:
+    """Swap in a :class:`TagRowsEmbedding` (once) and return its trainable rows."""
+    if not isinstance(model.embed_tokens, TagRowsEmbedding):
+        model.embed_tokens.weight.requires_grad_(False)
+        model.embed_tokens = TagRowsEmbedding(model.embed_tokens, list(vocab.tag_ids.values()))
+    return model.embed_tokens.tag_weight
 
 
 def example_loss(model: PagedCausalLM, ex: TrainingExample, page_size: int = 16) -> torch.Tensor:
@@ -177,8 +205,8 @@ def finetune(model: PagedCausalLM, vocab: CMLVocab, examples: list[TrainingExamp
     """LoRA + tag-row fine-tune for ``steps`` examples (batch 1, cycling); returns the losses."""
     torch.manual_seed(seed)
     params = apply_lora(model, r)
-    embed = tag_embedding_rows(model, vocab)
-    opt = torch.optim.AdamW([{"params": params}, {"params": [embed], "weight_decay": 0.0}], lr=lr)
+    tag_rows = train_tag_rows(model, vocab)
+    opt = torch.optim.AdamW([{"params": params}, {"params": [tag_rows], "weight_decay": 0.0}], lr=lr)
     model.train()
     losses = []
     for step in range(steps):
@@ -188,29 +216,32 @@ def finetune(model: PagedCausalLM, vocab: CMLVocab, examples: list[TrainingExamp
         opt.step()
         losses.append(float(loss.detach()))
     model.eval()
-    embed.requires_grad_(False)
+    model.embed_tokens.freeze()
     return losses
 
 
 def save_adapter(model: PagedCausalLM, vocab: CMLVocab, path: str | Path) -> None:
+    """Write the LoRA tensors and the tag rows (a few MB) to ``path``."""
     state = {k: v for k, v in model.state_dict().items() if "lora_" in k}
-    rows = list(vocab.tag_ids.values())
-    state["tag_rows.ids"] = torch.tensor(rows)
-    state["tag_rows.weight"] = model.embed_tokens.weight.detach()[rows].clone()
+    state["tag_rows.ids"] = torch.tensor(list(vocab.tag_ids.values()))
+    state["tag_rows.weight"] = model.embed_tokens.weight.detach()[state["tag_rows.ids"]].clone()
     torch.save(state, path)
 
 
 def load_adapter(model: PagedCausalLM, path: str | Path, r: int = 8) -> None:
-    """Wrap ``model`` with LoRA and load an adapter written by :func:`save_adapter`."""
+    """Wrap ``model`` with LoRA and tag rows and load an adapter written by :func:`save_adapter`."""
     state = torch.load(path, map_location="cpu")
     apply_lora(model, r)
     missing = [k for k in model.state_dict() if "lora_" in k and k not in state]
     if missing:
         raise AdapterError(f"{path}: adapter lacks {len(missing)} LoRA tensors, e.g. {missing[0]}")
     model.load_state_dict({k: v for k, v in state.items() if "lora_" in k}, strict=False)
+    rows = [int(i) for i in state["tag_rows.ids"]]
+    model.embed_tokens.weight.requires_grad_(False)
+    model.embed_tokens = TagRowsEmbedding(model.embed_tokens, rows)
     with torch.no_grad():
-        model.embed_tokens.weight[state["tag_rows.ids"]] = state["tag_rows.weight"].to(model.embed_tokens.weight)
-
+        model.embed_tokens.tag_weight.copy_(state["tag_rows.weight"])
+    model.embed_tokens.freeze()
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m asynclm.finetune --steps 200 --out adapter.pt [--model gemma3-270m] [--device cuda]``."""
