@@ -39,14 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an LLM inference program (LIP: a .py file with `async def main(lip)`) on a Symphony server.",
     )
     p.add_argument("lip", type=Path, help="path of the LIP file")
-    p.add_argument("--arg", action="append", default=[], type=_parse_arg, metavar="KEY=VALUE",
-                   help="an argument for the LIP (lip.args); VALUE is parsed as JSON when it can be")
-    p.add_argument("--message", action="append", default=[], metavar="TEXT",
-                   help="a client message for the LIP's receive(); repeat for several turns")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        type=_parse_arg,
+        metavar="KEY=VALUE",
+        help="an argument for the LIP (lip.args); VALUE is parsed as JSON when it can be",
+    )
+    p.add_argument(
+        "--message",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a client message for the LIP's receive(); repeat for several turns",
+    )
     p.add_argument("--interactive", action="store_true", help="read client messages from stdin, one per line")
     p.add_argument("--user", default="guest", help="the user the LIP runs as (owner of its files)")
-    p.add_argument("--model", default="gemma3-270m",
-                   help="'gemma3-270m' (embedded default), a Hugging Face checkpoint folder, or a .gguf file")
+    p.add_argument(
+        "--model",
+        default="gemma3-270m",
+        help="'gemma3-270m' (embedded default), a Hugging Face checkpoint folder, or a .gguf file",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--kvfs-dir", type=Path, help="load the KV file system from here and save it back at exit")
@@ -64,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     config = SymphonyConfig(
-        num_pages=args.num_pages, page_size=args.page_size, max_batch_size=args.max_batch_size,
-        max_batch_tokens=args.max_batch_tokens, budget=LIPBudget(max_slice_s=args.slice_s),
+        num_pages=args.num_pages,
+        page_size=args.page_size,
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        budget=LIPBudget(max_slice_s=args.slice_s),
     )
     server = Symphony(loaded.model, loaded.tokenizer, config, model_id=args.model)
     try:

@@ -71,6 +71,8 @@ async def main(lip):
                 break
             value.append(token)
         text += lip.detokenize(value) + ('"' if kind == "str" else "")
+        if separator_written and not last:
+            text += ","  # the model's own separator token, already in the file
         if kind == "str" and ctx.pending[-1] not in quote:
             ctx.fill_text('"')
     text += "}"
