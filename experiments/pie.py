@@ -49,11 +49,10 @@ def validate(cfg: DictConfig) -> None:
 def points(cfg: DictConfig) -> list[dict]:
     s = cfg.sweep
     pts = [{"figure": "table2", "inferlet": n} for n in s.inferlets]
-    pts += [{"figure": "table3", "system": m, "batch": b} for b in s.batch_sizes for m in ("engine", "pie")]
-    pts += [{"figure": "fig6", "system": m, "agents": n} for n in s.agents for m in ("prompts", "pie")]
-    pts += [{"figure": "fig7", "system": m, "agents": max(s.agents)} for m in ("pie", "pie_export")]
-    pts += [{"figure": "fig8", "workload": w, "system": m}
-            for w, systems in (("tot", ("prompts", "pie")), ("speculative", ("engine", "pie"))) for m in systems]
+    pts += [{"figure": "table3", "batch": b} for b in s.batch_sizes]
+    pts += [{"figure": "fig6", "agents": n} for n in s.agents]
+    pts += [{"figure": "fig7", "agents": max(s.agents)}]
+    pts += [{"figure": "fig8", "workload": w} for w in ("tot", "speculative")]
     modes = ("cold", "disk", "warm") if s.cold_launch else ("disk", "warm")
     pts += [{"figure": "fig9", "mode": m, "concurrent": n} for n in s.launch_concurrency for m in modes
             if not (m == "cold" and n > 1)]  # a cold compile happens once, whatever the concurrency
@@ -105,6 +104,21 @@ def _timed(fn, cfg: DictConfig) -> float:
     return statistics.median(times)
 
 
+def _alternating(fns: dict, cfg: DictConfig) -> dict:
+    """Median wall time of each system's run, the systems taking turns (A B A B ...) so that the
+    shared machine's drifting load hits all of them alike."""
+    for _ in range(cfg.profile.warmup):
+        for fn in fns.values():
+            fn()
+    times: dict = {k: [] for k in fns}
+    for _ in range(max(3, cfg.profile.repeats)):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _run_all(rt, name: str, args_list: list[list[str]], tools=None) -> list:
     jobs = [rt.launch(name, args, tools=tools) for args in args_list]
     for j in jobs:
@@ -135,20 +149,30 @@ def _table2(ctx, point, cfg) -> dict:
 
 # -- Table 3: time per output token ----------------------------------------------------------
 def _table3(ctx, point, cfg) -> dict:
+    """Both systems in one point, alternating runs, so drifting machine load hits both alike.
+
+    TPOT is each request's own mean time per output token after the first: the engine's request
+    metrics, and for Pie the text-completion inferlet's own clock (it includes every host call)."""
     from core.sampling import SamplingParams
 
     b, n, prompt = point["batch"], cfg.sweep.decode_tokens, cfg.workload.prompt
     prompts = [f"{prompt} {i}" for i in range(b)]
-    if point["system"] == "engine":
-        engine = ctx.engine()
-        run = lambda k: engine.generate(prompts, SamplingParams(max_new_tokens=k))
-    else:
-        rt = _runtime(ctx, cfg)
-        run = lambda k: _run_all(rt, "text_completion", [[p, str(k)] for p in prompts])
-    t1 = _timed(lambda: run(1), cfg)
-    tn = _timed(lambda: run(n), cfg)
-    tpot = (tn - t1) / (n - 1)
-    return {"tpot_s": tpot, "e2e_s": tn, "throughput_per_s": b * n / tn}
+    engine, rt = ctx.engine(), _runtime(ctx, cfg)
+
+    def engine_tpot() -> float:
+        outs = engine.generate(prompts, SamplingParams(max_new_tokens=n))
+        return statistics.median(o.metrics.tpot_s for o in outs)
+
+    def pie_tpot() -> float:
+        jobs = _run_all(rt, "text_completion", [[p, str(n)] for p in prompts])
+        return statistics.median(float(j.outbox.get_nowait().split("tpot_s=")[1]) for j in jobs)
+
+    for _ in range(cfg.profile.warmup):
+        engine_tpot(), pie_tpot()
+    pairs = [(engine_tpot(), pie_tpot()) for _ in range(max(3, cfg.profile.repeats))]
+    e, p = statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs)
+    return {"engine_tpot_s": e, "pie_tpot_s": p, "overhead": p / e - 1,
+            "overhead_pairs": [y / x - 1 for x, y in pairs]}
 
 
 # -- Fig 6 / Fig 7: agents ---------------------------------------------------------------------
@@ -186,28 +210,26 @@ def _agent_prompts(engine, cfg, agents: int, doc: str) -> float:
 
 
 def _fig6(ctx, point, cfg) -> dict:
-    n = point["agents"]
-    if point["system"] == "pie":
-        rt = _runtime(ctx, cfg)
-        wall = _timed(lambda: _agent_pie(rt, cfg, n, _DOC, ""), cfg)
-    else:
-        engine = ctx.engine()
-        wall = _timed(lambda: _agent_prompts(engine, cfg, n, _DOC), cfg)
-    return {"latency_s": wall, "throughput_per_s": n / wall}
+    rt, engine, n = _runtime(ctx, cfg), ctx.engine(), point["agents"]
+    doc = _DOC * cfg.workload.tool_doc_repeats  # agents' system prompts carry their tools' documentation
+    t = _alternating({"prompts": lambda: _agent_prompts(engine, cfg, n, doc),
+                      "pie": lambda: _agent_pie(rt, cfg, n, doc, "")}, cfg)
+    return {"prompts_latency_s": t["prompts"], "pie_latency_s": t["pie"], "speedup": t["prompts"] / t["pie"],
+            "prompts_throughput_per_s": n / t["prompts"], "pie_throughput_per_s": n / t["pie"]}
 
 
 def _fig7(ctx, point, cfg) -> dict:
     rt, n = _runtime(ctx, cfg), point["agents"]
     doc = _DOC * cfg.workload.tool_doc_repeats
-    share = "fig7-tooldoc" if point["system"] == "pie_export" else ""
-    if share:  # the tool documentation is prefilled and exported once, before the agents arrive
-        _agent_pie(rt, cfg, 1, doc, share)
+    share = "fig7-tooldoc"
+    _agent_pie(rt, cfg, 1, doc, share)  # the tool documentation is prefilled and exported once, up front
     try:
-        wall = _timed(lambda: _agent_pie(rt, cfg, n, doc, share), cfg)
+        t = _alternating({"pie": lambda: _agent_pie(rt, cfg, n, doc, ""),
+                          "pie_export": lambda: _agent_pie(rt, cfg, n, doc, share)}, cfg)
     finally:
-        if share:
-            rt.exports.unexport(share)
-    return {"latency_s": wall, "throughput_per_s": n / wall}
+        rt.exports.unexport(share)
+    return {"pie_throughput_per_s": n / t["pie"], "pie_export_throughput_per_s": n / t["pie_export"],
+            "gain": t["pie"] / t["pie_export"]}
 
 
 # -- Fig 8: reasoning and decoding strategies ----------------------------------------------------
@@ -228,21 +250,20 @@ def _tot_prompts(engine, cfg) -> None:
 def _fig8(ctx, point, cfg) -> dict:
     from core.sampling import SamplingParams
 
-    w, t, n = point["workload"], cfg.sweep.tot, cfg.sweep.decode_tokens
-    if w == "tot" and point["system"] == "pie":
-        rt = _runtime(ctx, cfg)
+    rt, engine = _runtime(ctx, cfg), ctx.engine()
+    t, n = cfg.sweep.tot, cfg.sweep.decode_tokens
+    if point["workload"] == "tot":
         args = [cfg.workload.question, str(t.branches), str(t.depth), str(t.thought_tokens)]
-        wall = _timed(lambda: rt.run("tree_of_thought", args, timeout=3600), cfg)
-    elif w == "tot":
-        engine = ctx.engine()
-        wall = _timed(lambda: _tot_prompts(engine, cfg), cfg)
-    elif point["system"] == "pie":
-        rt = _runtime(ctx, cfg)
-        wall = _timed(lambda: rt.run("speculative_decoding", [cfg.workload.repetitive_prompt, str(n)], timeout=3600), cfg)
+        times = _alternating({"baseline": lambda: _tot_prompts(engine, cfg),
+                              "pie": lambda: rt.run("tree_of_thought", args, timeout=3600)}, cfg)
     else:
-        engine = ctx.engine()
-        wall = _timed(lambda: engine.generate([cfg.workload.repetitive_prompt], SamplingParams(max_new_tokens=n)), cfg)
-    return {"latency_s": wall}
+        prompt = cfg.workload.repetitive_prompt
+        times = _alternating({
+            "baseline": lambda: engine.generate([prompt], SamplingParams(max_new_tokens=n)),
+            "pie": lambda: rt.run("speculative_decoding", [prompt, str(n)], timeout=3600),
+        }, cfg)
+    return {"baseline_latency_s": times["baseline"], "pie_latency_s": times["pie"],
+            "speedup": times["baseline"] / times["pie"]}
 
 
 # -- Fig 9 / Fig 10 / Fig 11 -------------------------------------------------------------------
@@ -342,40 +363,38 @@ def table2_inferlet_size(records, cfg) -> FigureResult:
 def table3_tpot_overhead(records, cfg) -> FigureResult:
     import matplotlib.pyplot as plt
 
-    rows = _of(records, "table3")
-    batches = sorted({r["batch"] for r in rows})
-    tp = {(r["system"], r["batch"]): r["tpot_s"] for r in rows}
+    rows = sorted(_of(records, "table3"), key=lambda r: r["batch"])
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for i, m in enumerate(("engine", "pie")):
-        ax.bar([j + 0.4 * i for j in range(len(batches))], [tp[(m, b)] * 1e3 for b in batches], 0.4, label=m)
-    ax.set_xticks([j + 0.2 for j in range(len(batches))], [f"batch {b}" for b in batches])
+        ax.bar([j + 0.4 * i for j in range(len(rows))], [r[f"{m}_tpot_s"] * 1e3 for r in rows], 0.4, label=m)
+    ax.set_xticks([j + 0.2 for j in range(len(rows))], [f"batch {r['batch']}" for r in rows])
     ax.set_ylabel("time per output token (ms)")
     ax.legend()
     fig.tight_layout()
-    over = ", ".join(f"batch {b}: {100 * (tp[('pie', b)] / tp[('engine', b)] - 1):+.1f}%" for b in batches)
-    return FigureResult(fig, f"TPOT overhead {over}")
+    over = ", ".join(f"batch {r['batch']}: {100 * r['overhead']:+.1f}%" for r in rows)
+    return FigureResult(fig, f"TPOT overhead (median of alternating runs) {over}")
 
 
-def _speedup_figure(rows, key, systems, title, xlabel, metric="latency_s"):
-    import matplotlib.pyplot as plt
-
-    xs = sorted({r[key] for r in rows})
-    val = {(r["system"], r[key]): r[metric] for r in rows}
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for m in systems:
-        ax.plot(xs, [val[(m, x)] for x in xs], marker="o", label=m)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.set_title(title)
+def _pair_bars(ax, labels, first, second, names, ylabel):
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], first, 0.4, label=names[0])
+    ax.bar([x + 0.2 for x in xs], second, 0.4, label=names[1])
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel(ylabel)
     ax.legend()
-    fig.tight_layout()
-    return fig, val, xs
 
 
 @EXPERIMENT.figure(paper="Fig 6: agents 1.3x-3.4x lower latency / higher throughput than prompt serving")
 def fig6_agent(records, cfg) -> FigureResult:
-    fig, val, xs = _speedup_figure(_of(records, "fig6"), "agents", ("prompts", "pie"), "ReAct agent", "agents")
-    ours = ", ".join(f"{x} agents: {val[('prompts', x)] / val[('pie', x)]:.2f}x" for x in xs)
+    import matplotlib.pyplot as plt
+
+    rows = sorted(_of(records, "fig6"), key=lambda r: r["agents"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    _pair_bars(ax, [f"{r['agents']} agents" for r in rows], [r["prompts_latency_s"] for r in rows],
+               [r["pie_latency_s"] for r in rows], ("prompts", "pie"), "latency (s)")
+    ax.set_title("ReAct agent")
+    fig.tight_layout()
+    ours = ", ".join(f"{r['agents']} agents: {r['speedup']:.2f}x" for r in rows)
     return FigureResult(fig, f"pie vs prompts latency speedup {ours}")
 
 
@@ -383,26 +402,26 @@ def fig6_agent(records, cfg) -> FigureResult:
 def fig7_agent_export(records, cfg) -> FigureResult:
     import matplotlib.pyplot as plt
 
-    rows = {r["system"]: r for r in _of(records, "fig7")}
+    (r,) = _of(records, "fig7")
     fig, ax = plt.subplots(figsize=(4, 3.5))
-    _bar(ax, list(rows), [r["throughput_per_s"] for r in rows.values()], "agents / s", "Export tool-doc KV")
+    _bar(ax, ["pie", "pie + export"], [r["pie_throughput_per_s"], r["pie_export_throughput_per_s"]],
+         "agents / s", f"{r['agents']} agents, shared tool-doc KV")
     fig.tight_layout()
-    gain = rows["pie_export"]["throughput_per_s"] / rows["pie"]["throughput_per_s"]
-    return FigureResult(fig, f"exporting the tool documentation's KV: {gain:.2f}x throughput")
+    return FigureResult(fig, f"exporting the tool documentation's KV: {r['gain']:.2f}x throughput")
 
 
 @EXPERIMENT.figure(paper="Fig 8: reasoning/decoding inferlets faster than their prompt baselines")
 def fig8_reasoning(records, cfg) -> FigureResult:
     import matplotlib.pyplot as plt
 
-    rows = _of(records, "fig8")
+    rows = {r["workload"]: r for r in _of(records, "fig8")}
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    _bar(ax, [f"{r['workload']}/{r['system']}" for r in rows], [r["latency_s"] for r in rows], "latency (s)",
-         "Reasoning and decoding")
+    _pair_bars(ax, ["tree-of-thought", "speculative"], [rows["tot"]["baseline_latency_s"],
+               rows["speculative"]["baseline_latency_s"]], [rows["tot"]["pie_latency_s"],
+               rows["speculative"]["pie_latency_s"]], ("prompts / greedy engine", "pie"), "latency (s)")
     fig.tight_layout()
-    lat = {(r["workload"], r["system"]): r["latency_s"] for r in rows}
-    return FigureResult(fig, f"tree-of-thought {lat[('tot', 'prompts')] / lat[('tot', 'pie')]:.2f}x faster than prompts; "
-                             f"speculative {lat[('speculative', 'engine')] / lat[('speculative', 'pie')]:.2f}x vs greedy")
+    return FigureResult(fig, f"tree-of-thought {rows['tot']['speedup']:.2f}x vs prompts; "
+                             f"speculative {rows['speculative']['speedup']:.2f}x vs greedy engine")
 
 
 @EXPERIMENT.figure(paper="Fig 9: launch latency, warm (ms) vs cold (JIT), as concurrent launches grow")

@@ -211,7 +211,7 @@ def get_next_dist(inf, embed: int, k: int, temperature: float, allowed: list[int
     if allowed is not None:
         if not allowed:
             raise ResourceError(f"{inf.name}: get-next-dist got an empty allowed-token list")
-        idx = torch.tensor(allowed, dtype=torch.long).clamp_(0, logits.shape[0] - 1)
+        idx = torch.tensor(allowed, dtype=torch.long, device=logits.device).clamp_(0, logits.shape[0] - 1)
         masked = torch.full_like(logits, float("-inf"))
         masked[idx] = logits[idx]
         logits = masked

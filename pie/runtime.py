@@ -28,7 +28,7 @@ from pathlib import Path
 import wasmtime
 from wasmtime import component as wc
 
-from pie import build, host_api
+from pie import host_api
 from pie.batching import BatchPolicy, CommandBatcher
 from pie.errors import InferletNotFoundError
 from pie.instance import Inferlet
@@ -96,6 +96,8 @@ class PieRuntime:
 
         ``use_cache=False`` compiles from the ``.wasm`` even if it was loaded or cached before (a
         cold launch, for measuring it)."""
+        from pie import build  # lazy: `python -m pie.build` must not find itself half-imported
+
         if wasm is None and name in self.programs and use_cache:
             return self.programs[name]
         if wasm is None:

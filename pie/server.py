@@ -30,7 +30,6 @@ import json
 import threading
 from collections.abc import Callable
 
-from pie import build
 from pie.errors import InferletTerminated, PieError
 from pie.runtime import PieRuntime
 
@@ -120,6 +119,8 @@ class PieServer:
             await asyncio.to_thread(self.runtime.upload, req["name"], data)
             return {"event": "uploaded", "name": req["name"], "bytes": len(data)}
         if op == "list":
+            from pie import build
+
             return {"event": "programs", "built": build.list_inferlets(), "loaded": sorted(self.runtime.programs)}
         raise ValueError(f"unknown op {op!r}")
 
