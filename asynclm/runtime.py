@@ -87,6 +87,8 @@ class TaskResult:
     exec_s: list[float]  # per call: issued -> ready
     trap_actions: list[TrapAction]
     finish_reason: str
+    logits: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (context index, logits)
+    user_latency_s: list[float] = field(default_factory=list)  # user message arrival -> delivery
 
     @property
     def recomputed_tokens(self) -> int:
@@ -94,9 +96,6 @@ class TaskResult:
         eos = 1 if self.finish_reason == "eos" else 0
         once = self.prompt_len + self.generated_tokens - eos + self.forced_tokens + self.injected_tokens
         return self.fed_tokens - once
-
-    logits: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (context index, logits)
-    user_latency_s: list[float] = field(default_factory=list)  # user message arrival -> delivery
 
 
 @dataclass
