@@ -19,6 +19,7 @@ Run on a machine with CUDA::
     python bench/attention.py                       # Llama-8B-like heads (32 q / 8 kv, dim 128), bf16
     python bench/attention.py --preset gemma3-270m  # 4 q / 1 kv heads, dim 256
     python bench/attention.py --json results/bench_attention.json
+    python bench/attention.py --sm90-resources      # no GPU needed: registers/spills of the sm_90 builds
 
 Without CUDA it exits with a message: the kernels' correctness is tested on the CPU by
 ``tests/core/test_triton_attention.py`` under ``TRITON_INTERPRET=1``.
@@ -72,6 +73,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--copy-gib", type=float, default=1.0, help="buffer size for the copy-bandwidth probe")
     p.add_argument("--rep-ms", type=int, default=200, help="triton.testing.do_bench repetition time per timing")
     p.add_argument("--json", type=Path, help="also write the rows (and device facts) to this JSON file")
+    p.add_argument(
+        "--sm90-resources",
+        action="store_true",
+        help="no GPU needed: compile the kernels this preset uses for sm_90 and print registers,\n"
+        "spilled bytes and shared memory (what the tile sizes were chosen by)",
+    )
     return p.parse_args(argv)
 
 
@@ -218,6 +225,70 @@ def bench_merge(args, cfg, dtype, copy_gbs) -> list[Row]:
     return rows
 
 
+# Arguments Triton's launcher would see as 16-divisible (pointers from torch are 16-byte aligned);
+# the rest depend on the batch (block-table width, lse strides, lengths).
+_NOT_DIVISIBLE = {"stride_bt", "stride_lt", "stride_lh", "stride_ls", "stride_lp", "stride_mt", "stride_mh"}
+
+
+def sm90_resources(args) -> str:
+    """Compile each kernel configuration this preset uses for sm_90 and read its resource usage."""
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, compile
+
+    from core import triton_attention as ta
+
+    cfg = PRESETS[args.preset]
+    dtype = getattr(torch, args.dtype)
+    dt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    group = cfg["num_heads"] // cfg["num_kv_heads"]
+    types = {name: f"*{dt}" for name in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
+    types |= {name: "*i64" for name in ("pos_ptr", "q_pos_ptr", "mask_off_ptr")}
+    types |= {"lse_ptr": "*fp32", "mask_ptr": "*u8", "parts_out_ptr": "*fp32", "parts_lse_ptr": "*fp32"}
+    types |= {"sm_scale_log2": "fp32"}
+    cases = [
+        (f"prefill {name}", ta._prefill_kernel, ta.prefill_tiles(cfg["head_dim"], group, dtype, mask, window), {})
+        for name, mask, window in [("causal", False, False), ("window", False, True), ("mask+window", True, True)]
+    ] + [
+        (
+            f"decode {name}",
+            ta._decode_kernel,
+            ta.decode_tiles(cfg["head_dim"], group, dtype, window),
+            {"out_ptr": "*fp32"},
+        )
+        for name, window in [("plain", False), ("window", True)]
+    ]
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    lines = [f"sm_90 builds for {args.preset} ({args.dtype}, page size {args.page_size})", "",
+             "| kernel | tiles | warps x stages | registers | spilled bytes | shared memory |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, kernel, tiles, extra in cases:
+        constexprs = dict(tiles.constexprs, PAGE_SIZE=args.page_size)
+        signature = {
+            a: "constexpr" if a in constexprs else extra.get(a, types.get(a, "*i32" if a.endswith("_ptr") else "i32"))
+            for a in kernel.arg_names
+        }
+        divisible = {
+            (i,): [["tt.divisibility", 16]]
+            for i, a in enumerate(kernel.arg_names)
+            if signature[a].startswith("*") or (a.startswith("stride") and a not in _NOT_DIVISIBLE)
+        }
+        built = compile(ASTSource(kernel, signature, constexprs, divisible), target=GPUTarget("cuda", 90, 32),
+                        options=tiles.launch)  # fmt: skip
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(built.asm["cubin"])
+            f.flush()
+            usage = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True, text=True)
+        fields = dict(x.split(":", 1) for x in next(row for row in usage.stdout.splitlines() if "REG:" in row).split())
+        shape = ", ".join(f"{k}={v}" for k, v in tiles.constexprs.items() if k.startswith("BLOCK") or k == "GROUP_PAD")
+        lines.append(f"| {name} | {shape} | {tiles.launch['num_warps']} x {tiles.launch['num_stages']} | "
+                     f"{fields['REG']} | {fields['STACK']} | {built.metadata.shared} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _markdown(rows: list[Row], header: str) -> str:
     lines = [
         header,
@@ -237,11 +308,15 @@ def _markdown(rows: list[Row], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    if args.sm90_resources:
+        print(sm90_resources(args))
+        return 0
     if not torch.cuda.is_available():
         print(
             "bench/attention.py needs a CUDA GPU (torch.cuda.is_available() is False on this machine).\n"
             "The Triton kernels' correctness is tested on the CPU instead:\n"
-            "  TRITON_INTERPRET=1 python -m pytest -q tests/core/test_triton_attention.py",
+            "  TRITON_INTERPRET=1 python -m pytest -q tests/core/test_triton_attention.py\n"
+            "and `python bench/attention.py --sm90-resources` reports their sm_90 register and memory use.",
             file=sys.stderr,
         )
         return 2

@@ -20,6 +20,8 @@ Map of this file:
   states are combined by the merge kernel.
 * :func:`merge_attention_states` / ``_merge_kernel`` - exact attention over the union of
   disjoint KV parts from each part's (out, lse) (Petridish, Prompt Cache, and decode's splits).
+* :func:`prefill_tiles` / :func:`decode_tiles` - tile sizes and launch options per head dim,
+  GQA group and dtype (``bench/attention.py --sm90-resources`` shows what they compile to).
 
 All kernels run the online softmax in base 2 (``exp2`` is one instruction; scores are
 pre-multiplied by ``log2(e)``) and convert the log-sum-exp back to natural log on the way out.
@@ -511,6 +513,50 @@ def _is_gpu(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """A kernel's compile-time shape (``constexprs``, without PAGE_SIZE) and launch options."""
+
+    constexprs: dict
+    launch: dict
+
+    @property
+    def block_q(self) -> int:
+        """Query tokens per prefill program (its rows are tokens x the padded GQA group)."""
+        return self.constexprs["BLOCK_M"] // self.constexprs["GROUP_PAD"]
+
+
+def prefill_tiles(head_dim: int, group: int, dtype: torch.dtype, has_mask: bool, sliding: bool) -> Tiles:
+    """Tiles for an H100: 128 query rows x 64 keys for 256-byte rows (bf16 x 128), halved as rows
+    get wider (fp32, dim 256); a window or custom mask builds a (rows, keys) mask per tile, so its
+    tiles are narrower. Chosen so the sm_90 builds neither spill registers nor exceed ~110 KB of
+    shared memory at two stages (``bench/attention.py --sm90-resources``), not yet tuned by timing."""
+    group_pad = triton.next_power_of_2(group)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    row_bytes = block_d * torch.finfo(dtype).bits // 8
+    block_m = max(group_pad, 128 if row_bytes <= 256 else 64 if row_bytes <= 512 else 32)
+    block_n = 64 if row_bytes <= 256 and not (has_mask or sliding) else 32
+    if has_mask:
+        block_m = max(group_pad, min(block_m, 64))
+    constexprs = dict(
+        HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=group_pad, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_MASK=has_mask, SLIDING=sliding, DOT_PRECISION=_dot_precision(dtype),
+    )  # fmt: skip
+    return Tiles(constexprs, dict(num_warps=4 if block_d <= 64 else 8, num_stages=2))
+
+
+def decode_tiles(head_dim: int, group: int, dtype: torch.dtype, sliding: bool) -> Tiles:
+    """One query's GQA group padded to the 16 rows a tensor-core dot needs, x 64 keys (32 for rows
+    over 256 bytes), three stages of K/V in flight: no spills and ~40 KB of shared memory on sm_90."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_n = 64 if block_d * torch.finfo(dtype).bits // 8 <= 256 else 32
+    constexprs = dict(
+        HEAD_DIM=head_dim, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=block_d, SLIDING=sliding, DOT_PRECISION=_dot_precision(dtype),
+    )  # fmt: skip
+    return Tiles(constexprs, dict(num_warps=4, num_stages=3))
+
+
 def paged_prefill(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -527,20 +573,9 @@ def paged_prefill(
     dm = _device_meta(meta, q.device, k_cache.shape[0], k_cache.shape[1])
     out = _empty(q.shape, q.dtype, q.device) if out is None else out
     lse = _empty(q.shape[:2], torch.float32, q.device) if lse is None else lse
-    group = num_heads // num_kv_heads
-    group_pad = triton.next_power_of_2(group)
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    # Tiles for an H100: 128 query rows x 64 keys for 256-byte rows (bf16 x 128), halved as rows
-    # get wider (fp32, dim 256); a window or custom mask builds a (rows, keys) mask per tile, so its
-    # tiles are narrower. Chosen so the sm_90 builds neither spill registers nor exceed ~110 KB of
-    # shared memory at two stages (read from the compiled binaries, not yet tuned by timing).
     has_mask = dm.mask_flat is not None
-    row_bytes = block_d * q.element_size()
-    block_m = max(group_pad, 128 if row_bytes <= 256 else 64 if row_bytes <= 512 else 32)
-    block_n = 64 if row_bytes <= 256 and not (has_mask or sliding_window is not None) else 32
-    if has_mask:
-        block_m = max(group_pad, min(block_m, 64))
-    seqs, firsts = _work_list(meta, dm, block_m // group_pad, q.device)
+    tiles = prefill_tiles(head_dim, num_heads // num_kv_heads, q.dtype, has_mask, sliding_window is not None)
+    seqs, firsts = _work_list(meta, dm, tiles.block_q, q.device)
     if seqs.numel() == 0:
         return out, lse
     dummy = dm.query_start  # stands in for unused pointer arguments
@@ -552,10 +587,7 @@ def paged_prefill(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), dm.block_table.stride(0), slot_positions.stride(0),
-        HEAD_DIM=head_dim, PAGE_SIZE=k_cache.shape[1], GROUP=group, GROUP_PAD=group_pad,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        HAS_MASK=has_mask, SLIDING=sliding_window is not None, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=4 if block_d <= 64 else 8, num_stages=2,
+        PAGE_SIZE=k_cache.shape[1], **tiles.constexprs, **tiles.launch,
     )  # fmt: skip
     return out, lse
 
@@ -600,9 +632,8 @@ def paged_decode(
     num_seqs = meta.num_seqs
     if num_seqs == 0:
         return out, lse
-    group = num_heads // num_kv_heads
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    block_n = 64 if block_d <= 128 else 32
+    tiles = decode_tiles(head_dim, num_heads // num_kv_heads, q.dtype, sliding_window is not None)
+    block_n = tiles.constexprs["BLOCK_N"]
     if num_splits is None:
         num_splits = _num_splits(num_seqs, num_kv_heads, dm.max_context_len, block_n, q.device)
     if num_splits < 1:
@@ -623,10 +654,7 @@ def paged_decode(
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
         dm.block_table.stride(0), slot_positions.stride(0),
-        HEAD_DIM=head_dim, PAGE_SIZE=k_cache.shape[1], GROUP=group,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_D=block_d,
-        SLIDING=sliding_window is not None, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=4, num_stages=3,
+        PAGE_SIZE=k_cache.shape[1], **tiles.constexprs, **tiles.launch,
     )  # fmt: skip
     if num_splits > 1:
         _merge_stacked(part_out, part_lse, out, lse)

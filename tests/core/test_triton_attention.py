@@ -320,39 +320,30 @@ def test_cpu_tensors_without_the_interpreter_are_rejected(monkeypatch):
 
 # Compiled in a fresh process: this one defined Triton's own library functions under the interpreter.
 _COMPILE_SCRIPT = """
-import json, sys
+import json, torch
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from core import triton_attention as ta
 
-ptrs = {
-    **{n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")},
-    **{n: "*i32" for n in ("work_seq_ptr", "work_first_ptr", "query_start_ptr", "context_len_ptr", "block_table_ptr")},
-    **{n: "*i64" for n in ("pos_ptr", "q_pos_ptr", "mask_off_ptr")},
-    **{n: "*fp32" for n in ("lse_ptr", "parts_out_ptr", "parts_lse_ptr", "sm_scale_log2")},
-    "mask_ptr": "*u8",
+def build(kernel, tiles, dtype):
+    dt = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    constexprs = dict(tiles.constexprs, **({"PAGE_SIZE": 16} if "PAGE_SIZE" in kernel.arg_names else {}))
+    types = {"q_ptr": "*" + dt, "k_ptr": "*" + dt, "v_ptr": "*" + dt, "mask_ptr": "*u8", "sm_scale_log2": "fp32"}
+    types |= {n: "*i64" for n in ("pos_ptr", "q_pos_ptr", "mask_off_ptr")}
+    types |= {n: "*i32" for n in ("work_seq_ptr", "work_first_ptr", "query_start_ptr", "context_len_ptr",
+                                  "block_table_ptr")}
+    sig = {a: "constexpr" if a in constexprs else types.get(a, "*fp32" if a.endswith("_ptr") else "i32")
+           for a in kernel.arg_names}
+    return compile(ASTSource(kernel, sig, constexprs), target=GPUTarget("cuda", 90, 32), options=tiles.launch)
+
+merge = ta.Tiles(dict(HEAD_DIM=32, BLOCK_H=4, BLOCK_D=32), dict(num_warps=4))
+cases = {  # the tile functions' choices, on head dims small enough to compile quickly
+    "prefill, mask + window, bf16": (ta._prefill_kernel, ta.prefill_tiles(32, 2, torch.bfloat16, True, True), torch.bfloat16),
+    "prefill, causal, fp32": (ta._prefill_kernel, ta.prefill_tiles(16, 1, torch.float32, False, False), torch.float32),
+    "decode, window, bf16": (ta._decode_kernel, ta.decode_tiles(32, 4, torch.bfloat16, True), torch.bfloat16),
+    "merge, fp32": (ta._merge_kernel, merge, torch.float32),
 }
-ptrs["sm_scale_log2"] = "fp32"
-fp32 = {n: "*fp32" for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-cases = {
-    "prefill, mask + window, bf16": ("_prefill_kernel", {}, dict(
-        HEAD_DIM=24, PAGE_SIZE=16, GROUP=4, GROUP_PAD=4, BLOCK_M=32, BLOCK_N=16, BLOCK_D=32,
-        HAS_MASK=True, SLIDING=True, DOT_PRECISION="tf32")),
-    "prefill, causal, fp32": ("_prefill_kernel", fp32, dict(
-        HEAD_DIM=32, PAGE_SIZE=1, GROUP=1, GROUP_PAD=1, BLOCK_M=32, BLOCK_N=16, BLOCK_D=32,
-        HAS_MASK=False, SLIDING=False, DOT_PRECISION="ieee")),
-    "decode, window, bf16": ("_decode_kernel", {"out_ptr": "*fp32"}, dict(
-        HEAD_DIM=32, PAGE_SIZE=16, GROUP=2, GROUP_PAD=16, BLOCK_N=16, BLOCK_D=32, SLIDING=True,
-        DOT_PRECISION="tf32")),
-    "merge, bf16": ("_merge_kernel", {}, dict(HEAD_DIM=32, BLOCK_H=4, BLOCK_D=32)),
-}
-built = []
-for case, (name, types, constexprs) in cases.items():
-    kernel = getattr(ta, name)
-    signature = {a: "constexpr" if a in constexprs else types.get(a, ptrs.get(a, "i32")) for a in kernel.arg_names}
-    compiled = compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32))
-    if compiled.asm["cubin"]:
-        built.append(case)
+built = [case for case, args in cases.items() if build(*args).asm["cubin"]]
 print(json.dumps(built))
 """
 
