@@ -25,6 +25,20 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)  # Llama casts first, then multiplies
 
 
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU in Llama/Qwen, GeGLU (tanh GELU) in Gemma."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act = activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
 def activation(name: str):
     if name in ("silu", "swish"):
         return F.silu

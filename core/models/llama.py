@@ -11,7 +11,7 @@ from torch import nn
 
 from core.config import ModelConfig
 from core.models.base import ForwardContext, PagedCausalLM
-from core.models.layers import RMSNorm, activation, apply_rope
+from core.models.layers import GatedMLP, RMSNorm, apply_rope
 
 
 class LlamaAttention(nn.Module):
@@ -43,23 +43,11 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.reshape(T, -1))
 
 
-class LlamaMLP(nn.Module):
-    def __init__(self, c: ModelConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
-        self.act = activation(c.hidden_act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, c: ModelConfig, layer: int):
         super().__init__()
         self.self_attn = LlamaAttention(c, layer)
-        self.mlp = LlamaMLP(c)
+        self.mlp = GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act)
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
