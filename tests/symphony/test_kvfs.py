@@ -193,3 +193,31 @@ def test_pool_pressure_swaps_idle_files_out_instead_of_failing(tiny_llama):
             torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-4)
     finally:
         kernel.close()
+
+
+def test_truncate_then_append_matches_reference_and_read_only_fd_cannot_predict(llama_kernel):
+    from symphony import BadFileDescriptor
+
+    async def main(lip):
+        fd = lip.create(lip.home + "/t", mode=SHARED_READ_ONLY)
+        await lip.append(fd, [5, 6, 7, 8, 9, 10, 11])
+        twin = lip.fork(fd)  # shares the pages that truncate will cut into
+        lip.truncate(fd, 3)
+        d = await lip.predict(fd, [40, 41])
+        ro = lip.open(lip.home + "/t", "r")
+        try:
+            lip.predict(ro, [1])
+        except BadFileDescriptor:
+            lip.send("read-only")
+        dt = await lip.predict(twin, [12])  # the twin's pages survived the truncate and the write
+        return lip.read(fd)[0], d.logits, lip.read(twin)[0], dt.logits
+
+    pid = llama_kernel.submit(main, user="judy")
+    llama_kernel.run()
+    proc = llama_kernel.process(pid)
+    assert proc.error is None, proc.error_text
+    ids, logits, twin, twin_logits = proc.result
+    assert ids == [5, 6, 7, 40, 41] and twin == [5, 6, 7, 8, 9, 10, 11, 12]
+    torch.testing.assert_close(logits, reference_logits(llama_kernel.model, ids), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(twin_logits, reference_logits(llama_kernel.model, twin), rtol=1e-4, atol=1e-4)
+    assert llama_kernel.receive(pid) == ["read-only"]
