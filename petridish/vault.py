@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.attention import AttentionMetadata, paged_attention
+from core.attention import AttentionMetadata, allowed_mask, attention_reference, paged_attention
 from core.batch import ForwardEntry
 from core.kv_cache import KVPool
 from core.sampling import SamplingParams, sample
@@ -67,15 +67,25 @@ def plain_buffer(tokenizer, request: PromptRequest) -> PrivateBuffer:
 class PromptVault:
     """Private KV of one request, held in the user process's pool, and attention over it."""
 
-    def __init__(self, model, pool: KVPool, seq: KVSequence, buffer: PrivateBuffer):
+    def __init__(self, model, pool: KVPool, seq: KVSequence, buffer: PrivateBuffer, dense: bool | None = None):
         self.model, self.pool, self.seq, self.buffer = model, pool, seq, buffer
         self.num_rows = int(buffer.row_masks.shape[0])
         # Per-row masks as the attention metadata wants them: (1, T) each.
         self._masks = [buffer.row_masks[r : r + 1] for r in range(self.num_rows)]
+        # The private KV never changes while decoding. On the CPU, gather each layer's K/V into
+        # contiguous tensors once (and free the pages) rather than paging through them at every
+        # layer of every step; on a GPU the paged kernels read the pages directly.
+        self._dense: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if dense if dense is not None else pool.k_cache[0].device.type == "cpu":
+            self._dense = [pool.gather(layer, seq.pages, seq.length) for layer in range(model.config.num_layers)]
+            idx = torch.as_tensor(seq.pages, dtype=torch.long)
+            self._k_pos = pool.positions.index_select(0, idx).flatten()[: seq.length].clone()
+            seq.release()
 
     @classmethod
     def prefill(
-        cls, model, pool: KVPool, buffer: PrivateBuffer, request_id: int, sampling: SamplingParams
+        cls, model, pool: KVPool, buffer: PrivateBuffer, request_id: int, sampling: SamplingParams,
+        dense: bool | None = None,
     ) -> tuple[PromptVault, PrefillReply]:
         """Run the buffer's prefill, sample each row's first token, keep the KV."""
         n = int(buffer.token_ids.shape[0])
@@ -92,7 +102,7 @@ class PromptVault:
         gen = sampling.make_generator()
         first = [sample(row, sampling, gen) for row in out.logits]
         reply = PrefillReply(request_id, tuple(first), tuple(buffer.next_positions), buffer.public_prefix_len)
-        return cls(model, pool, seq, buffer), reply
+        return cls(model, pool, seq, buffer, dense), reply
 
     def attend(self, msg: QueryMessage) -> PartialAttention:
         """Partial attention of the service's queries (one per row) over this row's private KV."""
@@ -100,6 +110,13 @@ class PromptVault:
         if n != self.num_rows:
             raise ValueError(f"layer {msg.layer}: {n} queries for a vault of {self.num_rows} rows")
         c, layer = self.model.config, msg.layer
+        if self._dense is not None:
+            k, v = self._dense[layer]
+            allowed = allowed_mask(
+                n, k.shape[0], self.buffer.row_masks, msg.positions, self._k_pos, c.sliding_windows[layer]
+            )
+            out, lse = attention_reference(msg.q.to(self.model.dtype), k, v, allowed, c.attention_scale)
+            return PartialAttention(msg.step, layer, out.float(), lse.float())
         length = self.seq.length
         meta = AttentionMetadata(
             query_start=list(range(n + 1)),
@@ -123,3 +140,4 @@ class PromptVault:
 
     def release(self) -> None:
         self.seq.release()
+        self._dense = None
