@@ -70,6 +70,12 @@ def points(cfg: DictConfig) -> list[dict]:
 
 @EXPERIMENT.measure
 def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> list[dict]:
+    import torch
+
+    # Every process gets the same number of torch threads: the service and no protection run in
+    # this one, user processes and isolated instances in theirs. (On a busy machine, more OpenMP
+    # threads than free cores spin and make the in-process systems look many times slower.)
+    torch.set_num_threads(cfg.spd.service_threads)
     w = cfg.workload
     fig = point["figure"]
     model = point.get("model", "default")

@@ -5,6 +5,7 @@ systems are shared; tests that inspect the service's records reset them first.
 """
 
 import pytest
+import torch
 
 from core.testing import tiny_checkpoint
 from petridish.model_spec import ModelSpec
@@ -29,8 +30,13 @@ def system_for(family: str) -> Petridish:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_systems():
+def _one_thread_and_close_systems():
+    """One torch thread here, like the user processes: on a busy 2-core machine more OpenMP threads
+    than free cores spin and slow everything down. Restored, and the systems closed, at the end."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)
     for pd in _SYSTEMS.values():
         pd.close()
 
