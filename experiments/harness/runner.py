@@ -87,9 +87,15 @@ def _run_on_ray(cfg: DictConfig, plain: dict, points: list[dict]) -> Iterator[tu
         while pool.has_next():
             try:
                 yield pool.get_next_unordered()
-            except ray.exceptions.RayTaskError as e:
+            except ray.exceptions.RayTaskError as e:  # the measurement raised: its message names the point
                 cause = e.as_instanceof_cause()
                 raise PointFailedError(str(cause).strip().splitlines()[-1]) from e
+            except ray.exceptions.RayError as e:  # the worker itself died (out of memory, killed, node lost)
+                first_line = str(e).strip().splitlines()[0]
+                raise PointFailedError(
+                    f"{cfg.name}: a Ray worker died while running points ({type(e).__name__}: {first_line}); "
+                    "rows measured so far are kept. Free memory, lower ray.num_workers, or use ray.enabled=false"
+                ) from e
     finally:
         for actor in actors:  # free the workers' models (GPU memory) for the next run
             ray.kill(actor)

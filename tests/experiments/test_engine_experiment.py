@@ -54,13 +54,6 @@ def test_engine_greedy_tokens_match_transformers(engine_run):
                for r, seqs in ((r, r["output_token_ids"]) for r in decode))
 
 
-def test_offline_wandb_run_is_written(tmp_path, tiny_engine_overrides):
-    overrides = [*tiny_engine_overrides, "wandb.mode=offline", "sweep.systems=[ours]",
-                 "sweep.prefill_lens=[8]", "sweep.decode_batch_sizes=[1]"]
-    run_experiment("engine", overrides, tmp_path)
-    runs = list((tmp_path / "engine" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1
-    assert list(runs[0].glob("*.wandb")), "the offline run holds no logged data"
 
 
 def test_replot_redraws_the_same_summaries_from_rows(engine_run):
@@ -83,13 +76,17 @@ def test_broken_figure_keeps_the_others_and_says_how_to_replot(engine_run, monke
     assert (result.rows_path.parent / "figures" / "broken" / "fig_decode_throughput-cpu.png").exists()
 
 
-def test_model_is_loaded_once_per_worker_not_per_point(tmp_path, tiny_engine_overrides, monkeypatch):
+def test_model_loads_once_per_worker_and_run_logs_offline_to_wandb(tmp_path, tiny_engine_overrides, monkeypatch):
     from experiments.harness import context
 
     calls = []
     real_load = context.load_configured_model
     monkeypatch.setattr(context, "load_configured_model", lambda cfg: calls.append(1) or real_load(cfg))
     context.clear_process_cache()
-    overrides = [*tiny_engine_overrides, "sweep.systems=[ours]"]  # 4 points, all on our engine
+    overrides = [*tiny_engine_overrides, "sweep.systems=[ours]", "wandb.mode=offline"]  # 4 points, our engine
     result = run_experiment("engine", overrides, tmp_path)
     assert len(result.rows) == 4 and len(calls) == 1
+
+    runs = list((tmp_path / "engine" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "the offline run holds no logged data"
