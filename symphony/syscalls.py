@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from core.sampling import SamplingParams, sample
 from symphony.errors import BadFileDescriptor, InvalidSyscall
 from symphony.kvfs import PRIVATE, READ, WRITE, FileStat, KVFile
 
@@ -66,25 +67,6 @@ class Distribution:
             mask[allowed.long()] = True
             allowed = mask
         return Distribution(self.logits.masked_fill(~allowed.to(self.logits.device), float("-inf")))
-
-
-def sample_token(
-    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Greedy at temperature 0, else temperature / top-k / top-p sampling (the usual order)."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1])).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
-        sorted_p[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 # -- the calls that block: the process yields one of these to the kernel -----------------------------
@@ -275,7 +257,8 @@ class LIP:
         with self._kernel.syscall(self._proc):
             if allowed is not None:
                 dist = dist.restrict(allowed)
-            return sample_token(dist.logits, temperature, top_k, top_p, self._proc.generator)
+            params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+            return sample(dist.logits, params, self._proc.generator)
 
     # -- KVFS ------------------------------------------------------------------------------------
     def _fd(self, fd: int, write: bool = False) -> OpenFile:

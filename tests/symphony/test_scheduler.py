@@ -105,3 +105,17 @@ def test_chunked_masked_predict_matches_one_unchunked_forward_with_the_same_mask
     model.forward(pool, [seq.entry(token_ids=[3, 4], logits_at=None)])
     ref = model.forward(pool, [seq.entry(token_ids=ids, mask=mask, logits_at=list(range(7)))])[0].logits
     torch.testing.assert_close(torch.stack([d.logits for d in dists]), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_respects_allowed_tokens_and_seeded_lips_are_reproducible(llama_kernel):
+    async def main(lip):
+        fd = lip.create(f"{lip.home}/s{lip.pid}")
+        dist = await lip.predict(fd, [3, 4, 5])
+        only = [lip.sample(dist, temperature=1.0, allowed=[7, 9]) for _ in range(20)]
+        draws = [lip.sample(dist, temperature=1.0) for _ in range(20)]
+        return set(only), draws, dist.argmax() == lip.sample(dist)
+
+    a = llama_kernel.run_program(main, {"seed": 1}).result
+    b = llama_kernel.run_program(main, {"seed": 1}).result
+    assert a[0] <= {7, 9} and a[2]
+    assert a[1] == b[1]
