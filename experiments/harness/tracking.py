@@ -70,6 +70,7 @@ def _init(cfg: DictConfig, run_id: str, directory: Path, mode: str):
     settings = wandb.Settings(
         init_timeout=float(cfg.wandb.init_timeout_s),
         finish_timeout=float(cfg.wandb.init_timeout_s),
+        login_timeout=float(cfg.wandb.init_timeout_s),  # an interactive login prompt must not wait forever
         silent=True,
         x_disable_stats=True,  # the system-metrics sampler would share the cores being measured
         console="off",
