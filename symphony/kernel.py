@@ -65,7 +65,12 @@ def load_program(program: Program) -> tuple[Callable[[LIP], Coroutine], str]:
             raise LIPError(f"no LIP file at {path}")
         spec = importlib.util.spec_from_file_location(f"_symphony_lip_{next(_module_ids)}", path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.modules[spec.name] = module  # dataclasses and pickling look their module up by name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[spec.name]
+            raise LIPError(f"LIP file {path} failed to load: {type(e).__name__}: {e}") from e
         main, name = getattr(module, "main", None), path.stem
         if main is None:
             raise LIPError(f"{path} defines no `async def main(lip)`")

@@ -173,3 +173,22 @@ def test_kill_cancels_queued_predicts_and_closes_files(llama_kernel):
     llama_kernel.kill(pid)
     assert not llama_kernel.batcher.has_work()
     assert llama_kernel.process(pid).state is ProcessState.FAILED and not llama_kernel.process(pid).fds
+
+
+def test_lip_files_load_with_dataclasses_and_broken_files_fail_at_submit(llama_kernel, tmp_path):
+    import pytest
+
+    from symphony import LIPError
+
+    good_file = tmp_path / "lip_ok.py"
+    good_file.write_text(
+        "from dataclasses import dataclass\n\n@dataclass\nclass Note:\n    text: str\n\n"
+        "async def main(lip):\n    return Note(lip.detokenize(lip.tokenize('hi'))).text\n"
+    )
+    assert llama_kernel.run_program(good_file).result == "hi"
+    broken = tmp_path / "lip_broken.py"
+    broken.write_text("async def main(lip):\n    return (\n")
+    with pytest.raises(LIPError, match="failed to load"):
+        llama_kernel.submit(broken)
+    with pytest.raises(LIPError, match="main must be"):
+        llama_kernel.submit(lambda lip: None)
