@@ -48,11 +48,22 @@ def points(cfg: DictConfig) -> list[dict]:
     # System-major order: one system's model is warm for all its points before the other's loads.
     s = cfg.sweep
     return [
-        *({"phase": "prefill", "system": system, "prompt_len": n, "batch_size": 1}
-          for system in s.systems for n in s.prefill_lens),
-        *({"phase": "decode", "system": system, "prompt_len": s.decode_prompt_len, "batch_size": b,
-           "new_tokens": s.decode_new_tokens}
-          for system in s.systems for b in s.decode_batch_sizes),
+        *(
+            {"phase": "prefill", "system": system, "prompt_len": n, "batch_size": 1}
+            for system in s.systems
+            for n in s.prefill_lens
+        ),
+        *(
+            {
+                "phase": "decode",
+                "system": system,
+                "prompt_len": s.decode_prompt_len,
+                "batch_size": b,
+                "new_tokens": s.decode_new_tokens,
+            }
+            for system in s.systems
+            for b in s.decode_batch_sizes
+        ),
     ]
 
 
@@ -65,8 +76,13 @@ def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> dict:
         return {"ttft_s": ttft_s, "prefill_tokens_per_s": point["prompt_len"] / ttft_s, "first_token": out[0][0]}
     ttft_s, decode_s, out = _timed(lambda: generate(prompts, point["new_tokens"]), cfg.profile, cfg.engine.device)
     decoded = point["batch_size"] * (point["new_tokens"] - 1)
-    return {"ttft_s": ttft_s, "decode_s": decode_s, "decode_tokens_per_s": decoded / decode_s,
-            "tpot_s": decode_s / (point["new_tokens"] - 1), "output_token_ids": out}
+    return {
+        "ttft_s": ttft_s,
+        "decode_s": decode_s,
+        "decode_tokens_per_s": decoded / decode_s,
+        "tpot_s": decode_s / (point["new_tokens"] - 1),
+        "output_token_ids": out,
+    }
 
 
 @EXPERIMENT.figure(paper="transformers baseline (DESIGN.md, 2-core CPU): TTFT 1.19 s at 512 tokens, 6.28 s at 2048")
@@ -105,17 +121,26 @@ def _ours(ctx: WorkerContext) -> Generate:
 def _transformers(ctx: WorkerContext) -> Generate:
     import torch
 
-    hf = ctx.cache({"transformers": model_path(ctx.cfg.model), "dtype": ctx.cfg.engine.dtype,
-                    "device": ctx.cfg.engine.device}, lambda: _load_transformers(ctx.cfg))
+    hf = ctx.cache(
+        {"transformers": model_path(ctx.cfg.model), "dtype": ctx.cfg.engine.dtype, "device": ctx.cfg.engine.device},
+        lambda: _load_transformers(ctx.cfg),
+    )
     device = ctx.cfg.engine.device
 
     @torch.inference_mode()
     def generate(prompts: list[list[int]], n: int) -> tuple[list[list[int]], float]:
         ids = torch.tensor(prompts, device=device)  # equal lengths: no padding, nothing to mask
         clock = _FirstTokenClock(device)
-        out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                          min_new_tokens=n, do_sample=False, pad_token_id=0, streamer=clock)
-        return out[:, ids.shape[1]:].tolist(), clock.first_token_s
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            streamer=clock,
+        )
+        return out[:, ids.shape[1] :].tolist(), clock.first_token_s
 
     return generate
 
@@ -173,7 +198,7 @@ def _prompts(ctx: WorkerContext, batch_size: int, prompt_len: int) -> list[list[
     tokenizer = ctx.model().tokenizer
     prompts, text = [], _TEXT.split(" ")
     for b in range(batch_size):
-        words = text[b % len(text):] + text[: b % len(text)]  # rotate so the prompts of a batch differ
+        words = text[b % len(text) :] + text[: b % len(text)]  # rotate so the prompts of a batch differ
         ids = tokenizer.encode(" ".join(words))
         while len(ids) < prompt_len:
             ids += tokenizer.encode(" " + " ".join(words), add_special_tokens=False)
@@ -181,8 +206,9 @@ def _prompts(ctx: WorkerContext, batch_size: int, prompt_len: int) -> list[list[
     return prompts
 
 
-def _timed(fn: Callable[[], tuple[list[list[int]], float]], profile: DictConfig, device: str = "cpu"
-           ) -> tuple[float, float, list[list[int]]]:
+def _timed(
+    fn: Callable[[], tuple[list[list[int]], float]], profile: DictConfig, device: str = "cpu"
+) -> tuple[float, float, list[list[int]]]:
     """Median (TTFT, decode time) of ``profile.repeats`` runs after ``profile.warmup`` untimed ones."""
     for _ in range(profile.warmup):
         fn()

@@ -32,7 +32,8 @@ def list_experiments() -> list[str]:
     """Experiments are the top-level configs in conf/ that have a module experiments/<name>.py."""
     modules = REPO_ROOT / "experiments"
     return sorted(
-        p.stem for p in CONF_DIR.glob("*.yaml")
+        p.stem
+        for p in CONF_DIR.glob("*.yaml")
         if p.stem not in _NOT_EXPERIMENTS and (modules / f"{p.stem}.py").exists()
     )
 
@@ -99,8 +100,7 @@ def _check_engine(engine: DictConfig, local: bool) -> None:
         raise ConfigError(f"engine.dtype={engine.dtype!r}; expected one of {', '.join(DTYPES)}")
     if engine.attention_backend not in ATTENTION_BACKENDS:
         raise ConfigError(
-            f"engine.attention_backend={engine.attention_backend!r}; "
-            f"expected one of {', '.join(ATTENTION_BACKENDS)}"
+            f"engine.attention_backend={engine.attention_backend!r}; expected one of {', '.join(ATTENTION_BACKENDS)}"
         )
     device = str(engine.device)
     if device != "cpu" and not device.startswith("cuda"):

@@ -39,8 +39,12 @@ class WorkerContext:
         Cached per setting, so its KV pool is allocated once; ``overrides`` replace EngineConfig fields.
         """
         settings = {**_engine_settings(self.cfg.engine), **overrides}
-        key = {"engine": settings, "model": _plain(self.cfg.model), "dtype": self.cfg.engine.dtype,
-               "device": self.cfg.engine.device}
+        key = {
+            "engine": settings,
+            "model": _plain(self.cfg.model),
+            "dtype": self.cfg.engine.dtype,
+            "device": self.cfg.engine.device,
+        }
         return self.cache(key, lambda: _build_engine(self.model(), settings, self.cfg.engine))
 
 
@@ -76,8 +80,14 @@ def _engine_settings(engine: DictConfig) -> dict:
     return {k: engine[k] for k in _ENGINE_KEYS if k in engine}
 
 
-_ENGINE_KEYS = ("page_size", "num_pages", "max_batch_size", "prefill_chunk_size", "max_batch_tokens",
-                "attention_backend")
+_ENGINE_KEYS = (
+    "page_size",
+    "num_pages",
+    "max_batch_size",
+    "prefill_chunk_size",
+    "max_batch_tokens",
+    "attention_backend",
+)
 
 
 def _build_engine(loaded, settings: dict, engine: DictConfig):

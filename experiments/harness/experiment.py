@@ -122,8 +122,9 @@ class Experiment:
             print(f"  {name}: {summary['ours']}  [{result.figures[name]}]")
 
 
-def run(experiment: Experiment, cfg: DictConfig, command: str | None = None,
-        figures_subdir: str | None = None) -> _results.RunResult:
+def run(
+    experiment: Experiment, cfg: DictConfig, command: str | None = None, figures_subdir: str | None = None
+) -> _results.RunResult:
     """Run every point of ``experiment`` under ``cfg`` and write rows, figures and a wandb run.
 
     ``figures_subdir``: write figures to ``figures/<figures_subdir>/`` instead of ``figures/``.
@@ -147,9 +148,16 @@ def run(experiment: Experiment, cfg: DictConfig, command: str | None = None,
         with tqdm(total=len(points), desc=experiment.name, unit="point", dynamic_ncols=True) as bar:
             for index, metrics_list, machine in run_points(experiment, cfg, points):
                 for metrics in metrics_list:
-                    row = {"experiment": experiment.name, "run_id": run_id, "index": index,
-                           "point": points[index], "metrics": metrics, "machine": machine, "config": config,
-                           "command": command}
+                    row = {
+                        "experiment": experiment.name,
+                        "run_id": run_id,
+                        "index": index,
+                        "point": points[index],
+                        "metrics": metrics,
+                        "machine": machine,
+                        "config": config,
+                        "command": command,
+                    }
                     _results.append_row(rows_path, row)
                     tracker.log_row(index, points[index], metrics)
                     rows.append(row)
@@ -183,8 +191,9 @@ def replot(experiment: Experiment, rows_path: str | Path, figures_subdir: str | 
     return result
 
 
-def _draw_figures(experiment: Experiment, cfg: DictConfig, result: _results.RunResult,
-                  tracker: Tracker, command: str, fig_dir: Path) -> None:
+def _draw_figures(
+    experiment: Experiment, cfg: DictConfig, result: _results.RunResult, tracker: Tracker, command: str, fig_dir: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # figures are files; never open a window (or need a display)
@@ -201,11 +210,20 @@ def _draw_figures(experiment: Experiment, cfg: DictConfig, result: _results.RunR
         stem = f"{name}-{kind}"
         png = _results.save_figure(drawn.figure, fig_dir, stem)
         summary = {
-            "experiment": experiment.name, "figure": name, "paper": spec.paper, "ours": drawn.ours,
-            "device": device_label(machine, str(cfg.engine.device)), "device_kind": kind,
-            "max_load_avg_1m": max(loads, default=None), "cpu_cores": machine.get("cpu_cores"),
-            "profile": cfg.profile.name, "model": cfg.model.name, "command": command,
-            "run_id": result.run_id, "rows": str(result.rows_path), "png": str(png),
+            "experiment": experiment.name,
+            "figure": name,
+            "paper": spec.paper,
+            "ours": drawn.ours,
+            "device": device_label(machine, str(cfg.engine.device)),
+            "device_kind": kind,
+            "max_load_avg_1m": max(loads, default=None),
+            "cpu_cores": machine.get("cpu_cores"),
+            "profile": cfg.profile.name,
+            "model": cfg.model.name,
+            "command": command,
+            "run_id": result.run_id,
+            "rows": str(result.rows_path),
+            "png": str(png),
         }
         _results.write_summary(fig_dir, stem, summary)
         tracker.log_figure(name, png, summary)
@@ -231,4 +249,3 @@ def _check_point(name: str, point: dict) -> None:
         json.dumps(point, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{name}: sweep point {point!r} is not plain JSON ({e})") from e
-

@@ -147,4 +147,3 @@ def load_experiment(name: str):
     if experiment is None:
         raise ImportError(f"experiments/{name}.py defines no EXPERIMENT = Experiment({name!r})")
     return experiment
-

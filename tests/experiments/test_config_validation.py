@@ -79,7 +79,11 @@ def test_command_line_fails_fast_and_writes_nothing(tmp_path, override, message)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.engine", override, f"results_dir={tmp_path}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout

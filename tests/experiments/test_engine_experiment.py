@@ -44,16 +44,22 @@ def test_engine_greedy_tokens_match_transformers(engine_run):
     # greedy tokens, or the timing comparison is between different computations.
     records = engine_run[1].records
     for phase, key in (("prefill", "first_token"), ("decode", "output_token_ids")):
-        ours = {r["prompt_len"] * 100 + r["batch_size"]: r[key] for r in records
-                if r["phase"] == phase and r["system"] == "ours"}
-        theirs = {r["prompt_len"] * 100 + r["batch_size"]: r[key] for r in records
-                  if r["phase"] == phase and r["system"] == "transformers"}
+        ours = {
+            r["prompt_len"] * 100 + r["batch_size"]: r[key]
+            for r in records
+            if r["phase"] == phase and r["system"] == "ours"
+        }
+        theirs = {
+            r["prompt_len"] * 100 + r["batch_size"]: r[key]
+            for r in records
+            if r["phase"] == phase and r["system"] == "transformers"
+        }
         assert ours == theirs
     decode = [r for r in records if r["phase"] == "decode"]
-    assert all(len(seqs) == r["batch_size"] and all(len(s) == 3 for s in seqs)
-               for r, seqs in ((r, r["output_token_ids"]) for r in decode))
-
-
+    assert all(
+        len(seqs) == r["batch_size"] and all(len(s) == 3 for s in seqs)
+        for r, seqs in ((r, r["output_token_ids"]) for r in decode)
+    )
 
 
 def test_replot_redraws_the_same_summaries_from_rows(engine_run):

@@ -30,5 +30,8 @@ def test_ray_and_single_process_give_the_same_rows(tmp_path, ray_session, tiny_e
 def test_failing_point_on_ray_names_the_point(tmp_path, ray_session, tiny_engine_overrides):
     # 600 prompt tokens do not fit the tiny model's 512 positions: the engine refuses the request.
     with pytest.raises(PointFailedError, match="'prompt_len': 600"):
-        run_experiment("engine", [*tiny_engine_overrides, "ray.enabled=true", "sweep.prefill_lens=[600]",
-                                  "sweep.systems=[ours]"], tmp_path)
+        run_experiment(
+            "engine",
+            [*tiny_engine_overrides, "ray.enabled=true", "sweep.prefill_lens=[600]", "sweep.systems=[ours]"],
+            tmp_path,
+        )

@@ -15,9 +15,18 @@ REPO = Path(__file__).resolve().parents[2]
 def _summary(results: Path, experiment: str, figure: str, kind: str, model: str = "gemma3-270m", **extra):
     folder = results / experiment / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {"experiment": experiment, "figure": figure, "paper": "8x", "ours": f"3x on {kind}",
-               "device": f"{kind.upper()}: test", "device_kind": kind, "profile": "ci", "model": model,
-               "command": f"python -m experiments.{experiment} profile=ci", **extra}
+    summary = {
+        "experiment": experiment,
+        "figure": figure,
+        "paper": "8x",
+        "ours": f"3x on {kind}",
+        "device": f"{kind.upper()}: test",
+        "device_kind": kind,
+        "profile": "ci",
+        "model": model,
+        "command": f"python -m experiments.{experiment} profile=ci",
+        **extra,
+    }
     (folder / f"{figure}-{kind}.json").write_text(json.dumps(summary))
 
 
@@ -69,8 +78,12 @@ def test_tiny_model_runs_are_left_out_unless_asked(tmp_path):
 def test_engine_run_appears_in_report(tmp_path, tiny_engine_overrides):
     from experiments.harness.testing import run_experiment
 
-    overrides = [*tiny_engine_overrides, "sweep.systems=[ours]", "sweep.prefill_lens=[8]",
-                 "sweep.decode_batch_sizes=[1]"]
+    overrides = [
+        *tiny_engine_overrides,
+        "sweep.systems=[ours]",
+        "sweep.prefill_lens=[8]",
+        "sweep.decode_batch_sizes=[1]",
+    ]
     run_experiment("engine", overrides, tmp_path / "results")
     readme = tmp_path / "README.md"
     main(["--results", str(tmp_path / "results"), "--readme", str(readme), "--include-tiny"])
@@ -79,12 +92,19 @@ def test_engine_run_appears_in_report(tmp_path, tiny_engine_overrides):
 
 
 def test_listing_names_every_experiment():
-    proc = subprocess.run([sys.executable, "-m", "experiments"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    )
     assert "engine" in proc.stdout and "report" in proc.stdout
 
 
 def test_experiment_help_lists_the_config():
-    proc = subprocess.run([sys.executable, "-m", "experiments.engine", "--help"], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.engine", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "profile: ci, paper" in proc.stdout and "decode_batch_sizes" in proc.stdout
