@@ -105,3 +105,31 @@ class StepCostModel:
 
     def __repr__(self) -> str:
         return f"StepCostModel(a={self.a:.3g} s, b={self.b:.3g} s/token, c={self.c:.3g} s/token/context)"
+
+
+class ReplayModel:
+    """A stand-in for the model that only *prices* forward passes with a :class:`StepCostModel`.
+
+    With the teacher-forced source the tokens never depend on the logits, so the timeline of a run
+    under a calibrated clock is fully determined by the token counts and the fitted costs. Replaying
+    it without the transformer costs milliseconds, which makes sensitivity sweeps (speedup against the
+    ratio of function time to generation time) cheap. Never use it with a sampling source: its logits
+    are zeros.
+    """
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def new_kv_pool(self, num_pages: int, page_size: int = 16):
+        from core.kv_cache import KVCacheSpec, KVPool
+
+        return KVPool(KVCacheSpec(1, num_pages, page_size, 1, 1))  # bookkeeping only: 1 layer, 1 dim
+
+    def forward(self, pool, entries):
+        import torch
+
+        from core.batch import ForwardOutput
+
+        for e in entries:  # keep the pool's positions current, as the real forward does
+            pool.positions.view(-1).index_copy_(0, e.write_slots, e.positions)
+        return [ForwardOutput(logits=torch.zeros(1, self.vocab_size)) for _ in entries]

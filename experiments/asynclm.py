@@ -12,6 +12,8 @@ model on a virtual clock (see ``asynclm/clock.py``), scaled to our decode speed 
     fig8_user_interrupts      a user message arriving at 0/200/400 ms: Sync vs Async
     table1_call_accuracy      AST-match call accuracy, Sync vs Async, few-shot (and a LoRA adapter if given)
     overhead_protocol         CML's cost: tokens per call, and Async vs the paper's estimate 1 + exec/gen
+    fig_speedup_vs_ratio      Figs 5-6 replayed on the calibrated clock with function times scaled x0.25..x16:
+                              speedup against exec/gen, beside the paper's estimate and its 1.6-5.4x band
 
     python -m experiments.asynclm                      # profile=ci, Gemma 3 270M on the CPU
     python -m experiments.asynclm profile=paper engine=gpu latency.tpot_reference_s=null
@@ -55,6 +57,10 @@ def points(cfg: DictConfig) -> list[dict]:
             for i in range(s.user_tasks) for t in s.user_interrupt_ms for m in ("sync", "async")]
     pts += [{"figure": "table1", "system": m, "task": i, "adapter": s.adapter}
             for i in range(s.accuracy_tasks) for m in ("sync", "async")]
+    if cfg.runtime.clock == "calibrated":  # the replay needs a cost model
+        pts += [{"figure": "ratio", "tasks_of": fig, "system": m, "task": i, "latency_factor": f}
+                for fig, n in (("fig5", s.parallel_tasks), ("fig6", s.multi_step_tasks)) for i in range(n)
+                for f in s.ratio_factors for m in ("sync", "sync_parallel", "async")]
     return pts
 
 
@@ -65,6 +71,9 @@ def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> dict | list[dic
         return _measure_trap_costs(ctx, cfg)
     if fig == "table1":
         return _measure_accuracy(ctx, cfg, point)
+    if fig == "ratio":
+        task = _tasks(cfg, point["tasks_of"])[point["task"]]
+        return _run_teacher_forced(ctx, cfg, task, point["system"], None, point["latency_factor"], replay=True)
     task = _tasks(cfg, fig)[point["task"]]
     return _run_teacher_forced(ctx, cfg, task, point["system"], point.get("user_ms"))
 
@@ -140,26 +149,29 @@ def _tasks(cfg: DictConfig, fig: str):
     return load_tasks("parallel_multiple", limit=s.accuracy_tasks)
 
 
-def _executor(cfg: DictConfig, bench: _Bench):
+def _executor(cfg: DictConfig, bench: _Bench, factor: float = 1.0):
     from asynclm.clock import VirtualClock
     from asynclm.executor import Executor
     from asynclm.functions import LatencyModel
 
-    lat = cfg.latency
-    model = LatencyModel(lat.min_ms / 1e3, lat.mean_ms / 1e3, lat.max_ms / 1e3, bench.latency_scale, seed=lat.seed)
-    return Executor(VirtualClock(), model, timeout_s=lat.timeout_s * bench.latency_scale)
+    lat, scale = cfg.latency, bench.latency_scale * factor
+    model = LatencyModel(lat.min_ms / 1e3, lat.mean_ms / 1e3, lat.max_ms / 1e3, scale, seed=lat.seed)
+    return Executor(VirtualClock(), model, timeout_s=lat.timeout_s * scale)
 
 
-def _runtime(cfg: DictConfig, bench: _Bench, system: str, executor, trap_costs=None):
+def _runtime(cfg: DictConfig, bench: _Bench, system: str, executor, trap_costs=None, replay: bool = False):
+    from asynclm.clock import ReplayModel
     from asynclm.runtime import AsyncLMRuntime, Mode
 
     tok = bench.loaded.tokenizer
-    return AsyncLMRuntime(bench.loaded.model, bench.vocab, executor, Mode(system), eos_token_ids=tok.eos_token_ids,
+    model = ReplayModel(bench.loaded.model.config.vocab_size) if replay else bench.loaded.model
+    return AsyncLMRuntime(model, bench.vocab, executor, Mode(system), eos_token_ids=tok.eos_token_ids,
                           num_pages=cfg.runtime.num_pages, page_size=cfg.runtime.page_size, trap_costs=trap_costs,
                           step_cost=bench.step_cost)
 
 
-def _run_teacher_forced(ctx: WorkerContext, cfg: DictConfig, task, system: str, user_ms: float | None) -> dict:
+def _run_teacher_forced(ctx: WorkerContext, cfg: DictConfig, task, system: str, user_ms: float | None,
+                        latency_factor: float = 1.0, replay: bool = False) -> dict:
     from asynclm.prompt import build_prompt
     from asynclm.protocol import Interrupt
     from asynclm.runtime import AsyncTask
@@ -169,8 +181,8 @@ def _run_teacher_forced(ctx: WorkerContext, cfg: DictConfig, task, system: str, 
     tok = b.loaded.tokenizer
     prompt = build_prompt(b.vocab, tok, task, few_shot=False, with_docs=cfg.prompt.with_docs)
     user = [] if user_ms is None else [(user_ms / 1e3 * b.latency_scale, Interrupt("user", USER_MESSAGE))]
-    with _executor(cfg, b) as ex:
-        rt = _runtime(cfg, b, system, ex, _trap_costs(ctx, cfg))
+    with _executor(cfg, b, latency_factor) as ex:
+        rt = _runtime(cfg, b, system, ex, _trap_costs(ctx, cfg), replay)
         src = TeacherForcedSource(b.vocab, task.ground_truth_calls(), task.dependencies(), ex.expected_latency,
                                   cfg.runtime.answer, tok.eos_token_ids[0], expected_user_messages=len(user))
         (res,) = rt.run([AsyncTask(task.task_id, prompt, src, max_new_tokens=2048, user_interrupts=user)])
@@ -393,6 +405,38 @@ def overhead_protocol(records: list[dict], cfg: DictConfig) -> FigureResult:
     err = statistics.fmean(abs(g - e) / e for g, e in zip(got, est)) if est else float("nan")
     return FigureResult(f, f"{statistics.fmean(per_call):.1f} protocol tokens per call; measured speedup within "
                            f"{err:.0%} of 1 + exec/gen on average over {len(est)} tasks")
+
+
+@EXPERIMENT.figure(paper="speedup ~ 1 + mean execution time / mean generation time; Async 1.6x-5.4x on BFCL")
+def fig_speedup_vs_ratio(records: list[dict], cfg: DictConfig) -> FigureResult:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in records if r["figure"] == "ratio"]
+    by = {(r["tasks_of"], r["task"], r["latency_factor"], r["system"]): r for r in rows}
+    f, ax = plt.subplots(figsize=(6.5, 4.5))
+    summary = []
+    for system, marker in (("async", "o"), ("sync_parallel", "s")):
+        xs, ys = [], []
+        for (fig, t, fac, s), r in by.items():
+            if s == system and (fig, t, fac, "sync") in by:
+                sync = by[fig, t, fac, "sync"]
+                xs.append(sync["exec_total_s"] / sync["gen_s"])
+                ys.append(sync["e2e_s"] / r["e2e_s"])
+        ax.scatter(xs, ys, marker=marker, alpha=0.6, label=LABELS[system])
+        if xs:
+            top = max(zip(xs, ys))
+            summary.append(f"{LABELS[system]} {min(ys):.2f}-{max(ys):.2f}x (at exec/gen {top[0]:.1f}: {top[1]:.2f}x)")
+    if rows:
+        grid = [x / 10 for x in range(0, 1 + int(10 * max(1.0, *(r["exec_total_s"] / r["gen_s"] for r in rows))))]
+        ax.plot(grid, [1 + x for x in grid], "k--", label="paper estimate 1 + exec/gen")
+    ax.axhspan(1.6, 5.4, color="orange", alpha=0.15, label="paper's 1.6-5.4x")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("total function time / generation time (Sync run)")
+    ax.set_ylabel("speedup vs Sync")
+    ax.set_title(f"replayed on the calibrated clock, x{min(cfg.sweep.ratio_factors)}-x{max(cfg.sweep.ratio_factors)}")
+    ax.legend(fontsize=8)
+    f.tight_layout()
+    return FigureResult(f, "; ".join(summary) or "no calibrated replay (runtime.clock=measured)")
 
 
 if __name__ == "__main__":
