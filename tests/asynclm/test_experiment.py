@@ -9,6 +9,7 @@ TINY = [
     "latency.tpot_reference_s=null", "sweeps.ci.parallel_tasks=1", "sweeps.ci.multi_step_tasks=1",
     "sweeps.ci.multi_step_steps=1", "sweeps.ci.trap_lengths=[32,128,256]", "sweeps.ci.accuracy_tasks=1",
     "sweeps.ci.accuracy_max_new_tokens=8", "sweeps.ci.user_interrupt_ms=[0,400]",
+    "sweeps.ci.ratio_factors=[0.5,8]",
 ]
 
 
@@ -45,5 +46,6 @@ def test_user_interrupts_are_answered_sooner_with_async(result):
 
 def test_every_figure_is_drawn_with_a_summary(result):
     assert set(result.summaries) == {"fig5_parallel_latency", "fig6_multistep_latency", "fig7_trap_policy_map",
-                                     "fig8_user_interrupts", "table1_call_accuracy", "overhead_protocol"}
+                                     "fig8_user_interrupts", "table1_call_accuracy", "overhead_protocol",
+                                     "fig_speedup_vs_ratio"}
     assert all(p.exists() for p in result.figures.values())

@@ -31,3 +31,20 @@ def test_calibrated_clock_charges_the_same_time_for_the_same_tokens(tiny, vocab)
         # Sync: the timeline is compute plus each call's latency, nothing else
         assert abs(res.e2e_s - (rt.forward_s + 0.02)) < 1e-9
     assert e2e[0] == e2e[1]
+
+
+def test_replay_reproduces_the_real_models_calibrated_timeline_exactly(tiny, vocab):
+    from asynclm.clock import ReplayModel
+
+    cost = StepCostModel(1e-3, 2e-4, 1e-7)
+    calls = [FunctionCall(0, "f", {"x": 1}), FunctionCall(1, "f", {"x": 2}), FunctionCall(2, "g", {})]
+    out = []
+    for model in (tiny.model, ReplayModel(tiny.model.config.vocab_size)):
+        with Executor(VirtualClock(), LatencyModel(fixed={"f": 0.05, "g": 0.2}), {"f": lambda x: x, "g": dict}) as ex:
+            rt = AsyncLMRuntime(model, vocab, ex, Mode.ASYNC, eos_token_ids=tiny.tokenizer.eos_token_ids,
+                                num_pages=32, page_size=8, step_cost=cost)
+            src = TeacherForcedSource(vocab, calls, [(), (), (0,)], ex.expected_latency, "ok", 1)
+            (res,) = rt.run([AsyncTask("r", tiny.tokenizer.encode("Q"), src)])
+        out.append(res)
+    assert out[0].token_ids == out[1].token_ids
+    assert out[0].e2e_s == out[1].e2e_s
