@@ -107,7 +107,7 @@ def _serve(ctx: WorkerContext, cfg: DictConfig, workload, store: str, with_basel
     from prompt_cache import PromptCache
 
     engine = _engine(ctx, cfg)
-    cache = PromptCache(engine, store=store, scaffolding=cfg.cache.scaffolding)
+    cache = PromptCache(engine, store=store, encoding=cfg.cache.encoding)
     start = time.perf_counter()
     cache.add_schema(workload.schema)
     encode_s = time.perf_counter() - start

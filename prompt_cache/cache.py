@@ -25,6 +25,8 @@ from prompt_cache.layout import Block, ChatFormat, SchemaLayout, Selection
 from prompt_cache.pml import PMLError, Prompt, Schema
 from prompt_cache.store import ModuleStore
 
+ENCODINGS = ("independent", "root", "scaffold")
+
 
 class UnknownSchemaError(PMLError):
     """A prompt names a schema that was never added to this cache."""
@@ -60,17 +62,21 @@ class PromptCache:
     """Modules encoded once at their schema positions, composed into prompts without recompute.
 
     ``store``: ``"device"`` (modules stay in the engine's KV pool; zero copy) or ``"host"``
-    (modules in host memory, copied into the pool per request). ``scaffolding=True`` encodes each
-    scaffold path together so modules attend to the modules before them (see
-    :mod:`prompt_cache.encoder`); the default encodes modules independently, as the paper assumes.
+    (modules in host memory, copied into the pool per request). ``encoding``: ``"independent"``
+    (each module attends only to itself, the paper's assumption), ``"root"`` (also to the schema's
+    own text before it: ``<bos>`` and the system prompt, which real models need) or ``"scaffold"``
+    (each scaffold path encoded together, as the public prototype does); see
+    :mod:`prompt_cache.encoder`.
     """
 
     def __init__(self, engine, store: str = "device", capacity_tokens: int | None = None,
-                 scaffolding: bool = False, chat: ChatFormat | None = None):
+                 encoding: str = "independent", chat: ChatFormat | None = None):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.engine = engine
         self.model, self.tokenizer, self.pool = engine.model, engine.tokenizer, engine.pool
         self.store = ModuleStore(self.pool, store, capacity_tokens)
-        self.scaffolding = scaffolding
+        self.encoding = encoding
         self.chat = chat
         self.schemas: dict[str, SchemaLayout] = {}
 
@@ -98,13 +104,27 @@ class PromptCache:
                 if b.cache and len(b) and self._key(layout, b) not in self.store]
         if not todo:
             return
-        if self.scaffolding:
+        if self.encoding == "scaffold":
             self._encode_scaffolded(layout, todo)
-        else:
-            pages = encode_independent(self.model, self.pool, todo, self._allocate)
-            for b in todo:
-                if b.key in pages:
-                    self.store.put(self._key(layout, b), pages[b.key], len(b))
+            return
+        root_block = layout.blocks[()]
+        root_key = self._key(layout, root_block)
+        if self.encoding == "root" and root_key not in self.store:
+            self._store(layout, encode_independent(self.model, self.pool, [root_block], self._allocate))
+        todo = [b for b in todo if self._key(layout, b) not in self.store]
+        root = None
+        if self.encoding == "root" and todo:
+            root = (root_block, self.store.checkout(root_key))  # shared (device) or copied in (host)
+        try:
+            self._store(layout, encode_independent(self.model, self.pool, todo, self._allocate, root=root))
+        finally:
+            if root is not None:
+                self.pool.release(root[1])
+
+    def _store(self, layout: SchemaLayout, pages: dict[str, list[int]]) -> None:
+        for b in layout.blocks.values():
+            if b.key in pages:
+                self.store.put(self._key(layout, b), pages[b.key], len(b))
 
     def _encode_scaffolded(self, layout: SchemaLayout, todo: list[Block]) -> None:
         # One pass per scaffold path: the default path, then one with each missing module forced in.
@@ -165,7 +185,7 @@ class PromptCache:
                 self.store.evict_pages(self.store.num_pages(key), set(keys))
             return self.store.checkout(key)
 
-        return compose(self.pool, selection, checkout, self.scaffolding)
+        return compose(self.pool, selection, checkout, self.encoding)
 
     @torch.inference_mode()
     def generate(self, prompt: Prompt | str, params: SamplingParams | None = None) -> CacheOutput:

@@ -17,8 +17,9 @@ module into fresh pages once per request (see :mod:`prompt_cache.store`).
 The new tokens, in this order, each with the attention the paper gives it:
 
 * tokens of imported modules marked ``cache="false"``, and parameter arguments: they belong to a
-  module and attend like it (in independent encoding, only to that module's tokens before them;
-  with scaffolding, to every imported token before them). An argument takes its parameter's
+  module and attend like it (``independent`` encoding: only to that module's tokens before them;
+  ``root``: also to the schema root's tokens before them; ``scaffold``: to every imported token
+  before them, see :mod:`prompt_cache.encoder`). An argument takes its parameter's
   first positions; the placeholder slots it replaces are hidden from every later token;
 * the prompt's own text after the modules, at positions from the schema's length on: it attends to
   everything visible, causally;
@@ -68,7 +69,7 @@ class ComposedPrompt:
 
 
 def compose(pool: KVPool, selection: Selection, checkout: Callable[[Block], list[int]],
-            scaffolding: bool = False) -> ComposedPrompt:
+            encoding: str = "independent") -> ComposedPrompt:
     """Point the request at its modules' pages and lay out the new tokens with their masks."""
     ps = pool.page_size
     pages: list[int] = []
@@ -107,12 +108,13 @@ def compose(pool: KVPool, selection: Selection, checkout: Callable[[Block], list
     if not text:
         owned, visible, recomputed = _recompute_last(owned, visible, k_pos, k_owner, selection)
     seq = KVSequence(pool, pages, len(pages) * ps)  # page-aligned: new tokens start on a private page
-    mask = _mask(owned, len(text), visible, k_pos, k_owner, scaffolding)
+    root = next(i for i, b in enumerate(selection.blocks) if b.path == ())
+    mask = _mask(owned, len(text), visible, k_pos, k_owner, encoding, root)
     if recomputed is not None:  # it must see exactly what it saw when cached: its module, placeholders too
         row = owned.index(recomputed)
         before = k_pos < recomputed[0]
         mask[row] = False
-        mask[row, : k_pos.shape[0]] = before & (k_owner >= 0 if scaffolding else k_owner == recomputed[2])
+        mask[row, : k_pos.shape[0]] = before & _sees(k_owner, torch.tensor([recomputed[2]]), encoding, root)[0]
         mask[row, k_pos.shape[0] + row] = True
     new = owned + [(p, t, -1) for p, t in text]
     logits_index = len(new) - 1 if text else max(range(len(new)), key=lambda j: new[j][0])
@@ -153,7 +155,15 @@ def _recompute_last(owned, visible, k_pos, k_owner, selection: Selection):
     return sorted([*owned, recomputed]), visible, recomputed
 
 
-def _mask(owned, num_text: int, visible, k_pos, k_owner, scaffolding: bool) -> torch.Tensor:
+def _sees(k_owner: torch.Tensor, q_owner: torch.Tensor, encoding: str, root: int) -> torch.Tensor:
+    """(n_q, L) which modules' slots a module's token may see, by the encoding it was cached with."""
+    if encoding == "scaffold":
+        return (k_owner >= 0).unsqueeze(0).expand(q_owner.shape[0], -1)
+    same = k_owner.unsqueeze(0) == q_owner.unsqueeze(1)
+    return same | (k_owner == root).unsqueeze(0) if encoding == "root" else same
+
+
+def _mask(owned, num_text: int, visible, k_pos, k_owner, encoding: str, root: int) -> torch.Tensor:
     """(num_new, context_len + num_new) attention mask of the new tokens."""
     n_owned = len(owned)
     n = n_owned + num_text
@@ -163,11 +173,10 @@ def _mask(owned, num_text: int, visible, k_pos, k_owner, scaffolding: bool) -> t
         q_pos = torch.as_tensor([p for p, _, _ in owned])
         q_owner = torch.as_tensor([o for _, _, o in owned])
         before = k_pos.unsqueeze(0) < q_pos.unsqueeze(1)
-        same = torch.ones_like(before) if scaffolding else k_owner.unsqueeze(0) == q_owner.unsqueeze(1)
-        ctx[:n_owned] = visible.unsqueeze(0) & before & same
+        ctx[:n_owned] = visible.unsqueeze(0) & before & _sees(k_owner, q_owner, encoding, root)
         # Among new tokens, a module's token sees its own module's new tokens up to its position.
-        peer = (q_pos.unsqueeze(0) <= q_pos.unsqueeze(1))
-        if not scaffolding:
+        peer = q_pos.unsqueeze(0) <= q_pos.unsqueeze(1)
+        if encoding != "scaffold":
             peer &= q_owner.unsqueeze(0) == q_owner.unsqueeze(1)
         new[:n_owned, :n_owned] = peer
     ctx[n_owned:] = visible.unsqueeze(0)

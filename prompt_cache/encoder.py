@@ -5,6 +5,10 @@ at a page boundary, so a prompt can later point at exactly those pages. Two ways
 
 * **independent** (the paper's default assumption): a block attends only to itself, causally.
   Blocks are independent, so many are batched into one forward as a ragged batch of entries.
+* **root**: as independent, but every module also sees the schema root's own tokens before it
+  (``<bos>``, the system prompt). The root is in every prompt, so this is still exact reuse; real
+  models need it because their attention sinks on the first token of a sequence (a module encoded
+  without ``<bos>`` makes its first token a second sink, which derails generation).
 * **scaffolding** (the paper's option for modules that should see each other; the public
   prototype's issue #20 notes it was missing there): the blocks of one *scaffold path* (a
   consistent prompt: every plain module plus one member per union) are encoded in one forward,
@@ -27,8 +31,13 @@ Allocate = Callable[[int], list[int]]
 
 
 def encode_independent(model, pool: KVPool, blocks: Sequence[Block], allocate: Allocate,
-                       max_batch_tokens: int = 4096) -> dict[str, list[int]]:
-    """Encode each block alone into fresh pages; returns block key -> pages."""
+                       max_batch_tokens: int = 4096, root: tuple[Block, list[int]] | None = None
+                       ) -> dict[str, list[int]]:
+    """Encode each block alone into fresh pages; returns block key -> pages.
+
+    ``root``: the schema root's block and the pages holding its KV; every block then also attends
+    to the root's tokens at positions before its own ("root" encoding).
+    """
     out: dict[str, list[int]] = {}
     batch: list[ForwardEntry] = []
     batch_tokens = 0
@@ -40,12 +49,23 @@ def encode_independent(model, pool: KVPool, blocks: Sequence[Block], allocate: A
             batch, batch_tokens = [], 0
         pages = allocate(pool.pages_for(len(block)))
         out[block.key] = pages
+        q_pos = torch.as_tensor(block.positions, dtype=torch.long)
+        context, mask, base = pages, None, 0
+        if root is not None and block.path != ():
+            root_block, root_pages = root
+            base = len(root_pages) * pool.page_size
+            k_pos = torch.full((base,), -1, dtype=torch.long)
+            k_pos[: len(root_block)] = torch.as_tensor(root_block.positions)
+            sees_root = (k_pos >= 0).unsqueeze(0) & (k_pos.unsqueeze(0) < q_pos.unsqueeze(1))
+            mask = torch.cat([sees_root, torch.tril(torch.ones(len(block), len(block), dtype=torch.bool))], 1)
+            context = [*root_pages, *pages]
         batch.append(ForwardEntry(
-            positions=torch.as_tensor(block.positions, dtype=torch.long),
+            positions=q_pos,
             write_slots=pool.slots(pages, 0, len(block)),
-            context_pages=pages,
-            context_len=len(block),
+            context_pages=context,
+            context_len=base + len(block),
             token_ids=torch.as_tensor(block.token_ids, dtype=torch.long),
+            mask=mask,
             logits_at=None,  # nothing to sample while caching: skip the LM head
         ))
         batch_tokens += len(block)

@@ -35,26 +35,31 @@ PROMPTS = [
 ]
 STEPS = 2
 # Gemma 3 (sliding windows of 8 over gapped positions) on the prompts with arguments, cache="false" and no text.
-CASES = [("llama", p) for p in PROMPTS] + [("gemma3", PROMPTS[2]), ("gemma3", PROMPTS[4])]
+CASES = [("llama", p, "independent") for p in PROMPTS] + [
+    ("gemma3", PROMPTS[2], "independent"), ("gemma3", PROMPTS[4], "independent"),
+    # "root": modules also see the schema's own text before them (<bos>, the system turn).
+    ("llama", PROMPTS[2], "root"), ("llama", PROMPTS[3], "root"), ("gemma3", PROMPTS[0], "root"),
+]
 
 
 def _check(cache: PromptCache, prompt: str) -> None:
     _, selection = cache.select(prompt)
-    expected, first = reference_greedy(cache.model, selection, STEPS)
+    assert selection.blocks[0].path == ()  # the reference's "block 0 is the root"
+    expected, first = reference_greedy(cache.model, selection, STEPS, cache.encoding)
     out = cache.generate(prompt, SamplingParams(max_new_tokens=STEPS, ignore_eos=True))
     torch.testing.assert_close(out.first_logits, first, atol=1e-4, rtol=1e-4)
     assert out.token_ids == expected
 
 
-@pytest.mark.parametrize(("family", "prompt"), CASES)
-def test_cached_logits_match_block_diagonal_full_forward(family, prompt):
-    cache = PromptCache(make_engine(family))
+@pytest.mark.parametrize(("family", "prompt", "encoding"), CASES)
+def test_cached_logits_match_block_diagonal_full_forward(family, prompt, encoding):
+    cache = PromptCache(make_engine(family), encoding=encoding)
     cache.add_schema(SCHEMA)
     _check(cache, prompt)
 
 
 def test_host_store_matches_reference_and_frees_its_pages():
-    cache = PromptCache(make_engine("gemma3"), store="host")
+    cache = PromptCache(make_engine("gemma3"), store="host", encoding="root")
     cache.add_schema(SCHEMA)
     assert cache.pool.allocator.num_free == cache.pool.num_pages  # modules live in host memory only
     _check(cache, PROMPTS[1])
@@ -108,7 +113,7 @@ def test_schema_without_modules_matches_plain_engine_prefill():
 def test_scaffolding_default_path_equals_causal_prefill_at_schema_positions():
     # With scaffolding, modules on the default path see each other: serving exactly that path with no
     # arguments is an ordinary causal prefill of the path's tokens at their schema positions.
-    cache = PromptCache(make_engine("llama"), scaffolding=True)
+    cache = PromptCache(make_engine("llama"), encoding="scaffold")
     layout = cache.add_schema(SCHEMA.replace(' cache="false"', ""))
     prompt = '<prompt schema="trip"><plan/><live/><notes/> Hi</prompt>'
     _, selection = cache.select(prompt)
@@ -127,7 +132,7 @@ def test_scaffolding_default_path_equals_causal_prefill_at_schema_positions():
 
 def test_scaffolding_union_member_sees_the_modules_before_it():
     independent = PromptCache(make_engine("llama"))
-    scaffolded = PromptCache(make_engine("llama"), scaffolding=True)
+    scaffolded = PromptCache(make_engine("llama"), encoding="scaffold")
     for c in (independent, scaffolded):
         c.add_schema(SCHEMA)
     prompt = PROMPTS[1]

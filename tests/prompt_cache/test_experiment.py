@@ -34,3 +34,10 @@ def test_cached_systems_compute_only_the_new_tokens(result):
 def test_memory_table_matches_the_papers_llama_number(result):
     llama = next(r for r in result.records if r.get("model") == "Llama2-7B (fp16)")
     assert llama["bytes_per_token"] == 2**19  # 0.50 MB per token, as the paper's Table 2
+
+
+def test_rouge_l_is_the_lcs_f1():
+    from experiments.prompt_cache import _rouge_l
+
+    assert _rouge_l([1, 2, 3, 4], [1, 3, 4]) == 2 * 3 / 7
+    assert _rouge_l([1, 2], [3]) == 0.0 and _rouge_l([], []) == 1.0
