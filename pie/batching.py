@@ -9,8 +9,10 @@ the paper's command-queue scheduling, with its batching policies:
 * ``k``: wait for ``k`` commands (or ``timeout_s`` after the first);
 * ``t``: wait ``timeout_s`` after the first command, then run what is queued;
 * ``adaptive``: run as soon as every inferlet that could submit has submitted (each running
-  inferlet not blocked on the client or a tool), or after ``timeout_s``. With one inferlet this
-  is eager; with many it forms full batches without a fixed wait.
+  inferlet not blocked on the client or a tool), or when waiting longer would not pay: after
+  twice the inferlets' recent *think time* (from getting a forward's result back to submitting
+  the next one), at least ``timeout_s`` and at most ``max_wait_s``. With one inferlet this is
+  eager; with many it forms full batches instead of splitting them into groups that alternate.
 
 Threads, not asyncio: a wasm call into an inferlet is a blocking native call (wasmtime releases
 the GIL while wasm runs), and a host call must return its result to the same native stack, so a
@@ -36,6 +38,7 @@ class BatchPolicy:
     kind: str = "adaptive"
     k: int = 8
     timeout_s: float = 0.005
+    max_wait_s: float = 0.05  # adaptive: the longest it waits for stragglers
     max_batch_tokens: int = 4096
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class CommandBatcher:
         self._cond = threading.Condition()
         self._running = True
         self._submissions = 0  # id of the last submit_many call
+        self._returned_at: dict[int, float] = {}  # submitting thread -> when its last result came back
+        self._think_s = 0.0  # moving average of the time inferlets take to submit again
         self.stats = BatchStats()
         self._thread = threading.Thread(target=self._loop, name="pie-batcher", daemon=True)
         self._thread.start()
@@ -86,9 +91,14 @@ class CommandBatcher:
     def submit_many(self, entries: list[ForwardEntry]) -> list[ForwardOutput]:
         """Queue entries together (one inferlet's parallel passes) and block until all have run."""
         cmds = [_Command(e) for e in entries]
+        me = threading.get_ident()
         with self._cond:
             if not self._running:
                 raise RuntimeError("the command batcher is stopped")
+            if me in self._returned_at:
+                # capped: a thread that waited on a tool or the client, or a reused thread id, is not thinking
+                think = min(time.perf_counter() - self._returned_at[me], self.policy.max_wait_s)
+                self._think_s = 0.8 * self._think_s + 0.2 * think
             self._submissions += 1
             for c in cmds:
                 c.submission = self._submissions
@@ -96,6 +106,7 @@ class CommandBatcher:
             self._cond.notify_all()
         for c in cmds:
             c.done.wait()
+        self._returned_at[me] = time.perf_counter()
         for c in cmds:
             if c.error is not None:
                 raise c.error
@@ -130,7 +141,10 @@ class CommandBatcher:
                 self._cond.wait()
             if not self._running:
                 return None
-            deadline = self._queue[0].enqueued_at + self.policy.timeout_s
+            wait = self.policy.timeout_s
+            if self.policy.kind == "adaptive":
+                wait = min(self.policy.max_wait_s, max(wait, 2 * self._think_s))
+            deadline = self._queue[0].enqueued_at + wait
             while self._running and not self._ready():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:

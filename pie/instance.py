@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
 import tempfile
 import threading
@@ -75,7 +76,9 @@ class Inferlet:
         self.error: InferletTerminated | None = None
         self.waiting_io = False
         self._done = threading.Event()
-        self._log = Path(tempfile.mkstemp(prefix=f"pie-{program.name}-{self.id}-", suffix=".log")[1])
+        fd, log = tempfile.mkstemp(prefix=f"pie-{program.name}-{self.id}-", suffix=".log")
+        os.close(fd)
+        self._log = Path(log)  # kept after a failure for post-mortems, removed after a success
         self._thread = threading.Thread(target=self._main, name=f"inferlet-{self.name}", daemon=True)
         self._launched_at = 0.0
 
@@ -157,6 +160,8 @@ class Inferlet:
             self.error = InferletTrap(self.program.name, self.id, f"{type(e).__name__}: {e}")
         finally:
             self.table.release_all()
+            if self.error is None:
+                self._log.unlink(missing_ok=True)
             self._done.set()
             self.runtime._finished(self)
 
