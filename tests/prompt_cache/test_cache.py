@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_engine
+from _prompt_cache_helpers import make_engine
 from reference import reference_greedy
 
 from core.sampling import SamplingParams
