@@ -36,6 +36,7 @@ from experiments.harness import ConfigError, Experiment, FigureResult, WorkerCon
 EXPERIMENT = Experiment("petridish", "Petridish: Secure Partitioned Decoding vs no protection / full isolation")
 SYSTEMS = ("no_protection", "spd", "full_isolation")
 LABELS = {"no_protection": "No protection", "spd": "SPD (Petridish)", "full_isolation": "Full isolation"}
+FIGURE_GROUPS = ("users", "model", "input", "output", "breakdown")  # what a point measures
 COMPONENTS = ("q_proj", "send_q", "kv_proj", "attention_merge", "receive", "o_proj", "mlp")
 _RANDOM = re.compile(r"random-llama-h(\d+)-l(\d+)$")
 _TEXT = ("Patient record. Name: Jane Roe. Date of birth: 1961-04-12. Diagnosis: type 2 diabetes, "
@@ -53,6 +54,8 @@ def validate(cfg: DictConfig) -> None:
     for m in s.models:
         if m != "default" and not _RANDOM.match(m):
             raise ConfigError(f"sweep.models entry {m!r}: use 'default' or random-llama-h<hidden>-l<layers>")
+    if set(s.figures) - set(FIGURE_GROUPS) or not s.figures:
+        raise ConfigError(f"sweep.figures must be a non-empty subset of {list(FIGURE_GROUPS)}, got {list(s.figures)}")
     if cfg.workload.users > max(s.users):
         raise ConfigError(f"workload.users={cfg.workload.users} exceeds max(sweep.users)={max(s.users)}")
 
@@ -65,7 +68,7 @@ def points(cfg: DictConfig) -> list[dict]:
     pts += [{"figure": "input", "input": n} for n in s.input_lengths]
     pts += [{"figure": "output", "output": n} for n in s.output_lengths]
     pts += [{"figure": "breakdown", "send_point": p} for p in s.send_points]
-    return pts
+    return [p for p in pts if p["figure"] in s.figures]
 
 
 @EXPERIMENT.measure
@@ -84,7 +87,8 @@ def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> list[dict]:
     new_tokens = point.get("output", w.new_tokens)
     if fig == "breakdown":
         return [_breakdown(ctx, cfg, point["send_point"], users, prompt_tokens, new_tokens)]
-    systems = SYSTEMS if fig in ("users", "model") else ("no_protection", "spd")
+    # Full isolation (a model per user) is measured against users only: RAM bounds it here.
+    systems = SYSTEMS if fig == "users" else ("no_protection", "spd")
     if users > cfg.sweep.isolation_max_users:
         systems = tuple(s for s in systems if s != "full_isolation")
     return [_serve(ctx, cfg, s, model, users, prompt_tokens, new_tokens) for s in systems]
@@ -328,9 +332,9 @@ def fig5_latency_vs_model_size(records: list[dict], cfg: DictConfig) -> FigureRe
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.27
-    for i, system in enumerate(SYSTEMS):
+    for i, system in enumerate(("no_protection", "spd")):
         ys = [_tpot(recs, system, "model", m) * 1e3 for m in models]
-        ax.bar([x + (i - 1) * width for x in range(len(models))], ys, width, label=LABELS[system])
+        ax.bar([x + (i - 0.5) * width for x in range(len(models))], ys, width, label=LABELS[system])
     params = [next(r["params"] for r in recs if r["model"] == m) / 1e6 for m in models]
     ax.set_xticks(range(len(models)), [f"{m}\n{p:.0f}M" for m, p in zip(models, params)], fontsize=7)
     ax.set(ylabel="ms per output token", title="Fig 5: latency vs model size")

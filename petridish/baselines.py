@@ -68,6 +68,10 @@ def _done(row: list[int], stop: set[int], params: SamplingParams) -> bool:
     return len(row) >= params.max_new_tokens or row[-1] in stop
 
 
+class IsolatedInstanceError(RuntimeError):
+    """A full-isolation instance died (typically while loading: one model copy per user needs RAM)."""
+
+
 @dataclass(frozen=True)
 class _Job:
     prompt: str
@@ -91,8 +95,15 @@ class FullIsolation:
             child.close()
             self._conns.append(parent)
             self._procs.append(proc)
-        for conn in self._conns:  # wait until every instance has loaded its weights
-            conn.recv()
+        for i, (conn, proc) in enumerate(zip(self._conns, self._procs)):  # wait until every instance loaded
+            try:
+                conn.recv()
+            except EOFError:
+                self.close()
+                raise IsolatedInstanceError(
+                    f"isolated instance {i} (pid {proc.pid}) exited while loading its model "
+                    f"(exit code {proc.exitcode}; -9 usually means the OS ran out of memory)"
+                ) from None
 
     def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[RequestResult]:
         if len(prompts) > len(self._conns):

@@ -16,10 +16,15 @@ def test_ci_plan_covers_every_figure():
     assert [p["users"] for p in points if p["figure"] == "users"] == [1, 2, 4]
 
 
+def test_figures_setting_selects_a_subset_of_measurements():
+    points = EXPERIMENT.plan(_cfg("sweeps.ci.figures=[breakdown]"))
+    assert [p["send_point"] for p in points] == ["early", "late"]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [("sweeps.ci.send_points=[soon]", "send_points"), ("sweeps.ci.models=[gpt-9]", "random-llama"),
-     ("workload.users=9", "exceeds")],
+     ("workload.users=9", "exceeds"), ("sweeps.ci.figures=[fig99]", "sweep.figures")],
 )
 def test_bad_settings_fail_before_any_work(override, message):
     with pytest.raises(ConfigError, match=message):
