@@ -62,25 +62,21 @@ def points(cfg: DictConfig) -> list[dict]:
                 for n in cfg.sweep.batch_lips
             ]
         else:
-            out += [{"workload": w, "system": s} for s in SYSTEMS]
+            out.append({"workload": w})  # both systems, interleaved, so load drift hits them alike
     return out
 
 
 @EXPERIMENT.measure
 def measure(ctx: WorkerContext, point: dict, cfg: DictConfig) -> dict | list[dict]:
-    fn = {
-        ("multiturn", "symphony"): _multiturn_symphony,
-        ("multiturn", "prompt"): _multiturn_prompt,
-        ("tree_search", "symphony"): _tree_symphony,
-        ("tree_search", "prompt"): _tree_prompt,
-        ("agent", "symphony"): _agent_symphony,
-        ("agent", "prompt"): _agent_prompt,
-        ("json", "symphony"): _json_symphony,
-        ("json", "prompt"): _json_prompt,
-    }.get((point["workload"], point["system"]))
-    if point["workload"] == "batch_fill":
+    workload = point["workload"]
+    if workload == "batch_fill":
         return _batch_fill(ctx, cfg, point["lips"], serial=point["system"] == "serial")
-    return fn(ctx, cfg)
+    if workload == "multiturn":
+        return _multiturn(ctx, cfg)
+    if workload == "json":
+        return _json(ctx, cfg)
+    ours, theirs = {"tree_search": (_tree_symphony, _tree_prompt), "agent": (_agent_symphony, _agent_prompt)}[workload]
+    return [{"system": "symphony", **ours(ctx, cfg)}, {"system": "prompt", **theirs(ctx, cfg)}]
 
 
 # -- the two systems ---------------------------------------------------------------------------------
@@ -129,60 +125,59 @@ def _generate(ctx: WorkerContext, prompt: list[int], max_new: int, stop: tuple[i
 
 
 # -- multi-turn chat ---------------------------------------------------------------------------------
-def _multiturn_symphony(ctx: WorkerContext, cfg: DictConfig) -> list[dict]:
+def _multiturn(ctx: WorkerContext, cfg: DictConfig) -> list[dict]:
+    """Each turn runs on the chat LIP and then through prompt serving, turn by turn."""
     from symphony.lips import lip_path
+    from symphony.lips.chat import TURN
 
+    eos = set(ctx.model().tokenizer.eos_token_ids)
     server = _server(ctx, cfg)
+    rows = []
     try:
         pid = server.submit(
             lip_path("chat"), {"max_new_tokens": cfg.sweep.reply_tokens, "system": cfg.workload.system}, user="bench"
         )
         server.run()
-        proc, rows = server.process(pid), []
+        proc = server.process(pid)
+        # Prompt serving's client keeps the history itself, in the chat LIP's token layout
+        # (tokenized piece by piece the same way), and resends all of it every turn.
+        history = _bos(ctx) + _encode(ctx, TURN.format(role="user", content=cfg.workload.system))
         for turn, message in enumerate(cfg.workload.messages[: cfg.sweep.turns]):
             before, t0 = proc.stats["predicted_tokens"], time.perf_counter()
             server.send(pid, message)
             server.run()
-            reply = server.receive(pid)[0]
+            reply = server.receive(pid)[0]["tokens"]
             rows.append(
                 {
+                    "system": "symphony",
                     "turn": turn,
                     "latency_s": time.perf_counter() - t0,
                     "tokens_computed": proc.stats["predicted_tokens"] - before,
-                    "reply": reply["tokens"],
+                    "reply": reply,
                 }
             )
+
+            history += _encode(ctx, TURN.format(role="user", content=message) + "<start_of_turn>model\n")
+            t0 = time.perf_counter()
+            reply = _generate(ctx, history, cfg.sweep.reply_tokens)
+            rows.append(
+                {
+                    "system": "prompt",
+                    "turn": turn,
+                    "latency_s": time.perf_counter() - t0,
+                    "tokens_computed": len(history) + len(reply) - 1,
+                    "reply": reply,
+                }
+            )
+            history += reply
+            if reply[-1] not in eos:
+                history += _encode(ctx, "<end_of_turn>")
+            history += _encode(ctx, "\n")
         server.send(pid, None)
         server.run()
         return rows
     finally:
         server.close()
-
-
-def _multiturn_prompt(ctx: WorkerContext, cfg: DictConfig) -> list[dict]:
-    from symphony.lips.chat import TURN
-
-    eos = set(ctx.model().tokenizer.eos_token_ids)
-    # The same token layout as the chat LIP's file, tokenized piece by piece the same way.
-    history = _bos(ctx) + _encode(ctx, TURN.format(role="user", content=cfg.workload.system))
-    rows = []
-    for turn, message in enumerate(cfg.workload.messages[: cfg.sweep.turns]):
-        history += _encode(ctx, TURN.format(role="user", content=message) + "<start_of_turn>model\n")
-        t0 = time.perf_counter()
-        reply = _generate(ctx, history, cfg.sweep.reply_tokens)
-        rows.append(
-            {
-                "turn": turn,
-                "latency_s": time.perf_counter() - t0,
-                "tokens_computed": len(history) + len(reply) - 1,
-                "reply": reply,
-            }
-        )
-        history += reply
-        if reply[-1] not in eos:
-            history += _encode(ctx, "<end_of_turn>")
-        history += _encode(ctx, "\n")
-    return rows
 
 
 # -- tree search -------------------------------------------------------------------------------------
@@ -378,44 +373,41 @@ def _batch_fill(ctx: WorkerContext, cfg: DictConfig, lips: int, serial: bool) ->
 
 
 # -- constrained JSON --------------------------------------------------------------------------------
-def _json_symphony(ctx: WorkerContext, cfg: DictConfig) -> list[dict]:
-    server = _server(ctx, cfg)
-    rows = []
+def _json(ctx: WorkerContext, cfg: DictConfig) -> list[dict]:
+    """Each prompt through the constrained-JSON LIP, then as a plain request asking for JSON."""
+    server, tok, rows = _server(ctx, cfg), ctx.model().tokenizer, []
     try:
         server.vocab_strings()  # built once per server; not part of any request's latency
         for prompt in cfg.workload.json_prompts[: cfg.sweep.json_prompts]:
             proc, latency = _run_lip(server, "json_decode", {"prompt": prompt + JSON_INSTRUCTION})
+            text = proc.result["text"]
             rows.append(
                 {
+                    "system": "symphony",
                     "prompt": prompt,
                     "latency_s": latency,
                     "tokens_computed": proc.stats["predicted_tokens"],
-                    "valid": _valid_person(proc.result["text"]),
-                    "text": proc.result["text"],
+                    "valid": _valid_person(text),
+                    "text": text,
+                }
+            )
+            ids = _bos(ctx) + _encode(ctx, prompt + JSON_INSTRUCTION)
+            t0 = time.perf_counter()
+            out = _generate(ctx, ids, cfg.sweep.json_tokens)
+            text = tok.decode(out, skip_special_tokens=True)
+            rows.append(
+                {
+                    "system": "prompt",
+                    "prompt": prompt,
+                    "latency_s": time.perf_counter() - t0,
+                    "tokens_computed": len(ids) + len(out) - 1,
+                    "valid": _valid_person(text),
+                    "text": text,
                 }
             )
         return rows
     finally:
         server.close()
-
-
-def _json_prompt(ctx: WorkerContext, cfg: DictConfig) -> list[dict]:
-    rows, tok = [], ctx.model().tokenizer
-    for prompt in cfg.workload.json_prompts[: cfg.sweep.json_prompts]:
-        ids = _bos(ctx) + _encode(ctx, prompt + JSON_INSTRUCTION)
-        t0 = time.perf_counter()
-        out = _generate(ctx, ids, cfg.sweep.json_tokens)
-        text = tok.decode(out, skip_special_tokens=True)
-        rows.append(
-            {
-                "prompt": prompt,
-                "latency_s": time.perf_counter() - t0,
-                "tokens_computed": len(ids) + len(out) - 1,
-                "valid": _valid_person(text),
-                "text": text,
-            }
-        )
-    return rows
 
 
 def _valid_person(text: str) -> bool:
