@@ -400,7 +400,7 @@ def _to_device(values: Sequence[int] | torch.Tensor, dtype: torch.dtype, device:
 
 def _device_meta(meta: AttentionMetadata, device: torch.device, num_pages: int, page_size: int) -> _DeviceMeta:
     """Validate the metadata once and move it to ``device``; cached on ``meta`` for later layers."""
-    cache = meta.__dict__.setdefault("_triton_device_meta", {})
+    cache = meta.cache.setdefault("triton_device_meta", {})
     key = (str(device), num_pages, page_size)
     if key in cache:
         return cache[key]

@@ -66,3 +66,22 @@ def test_a_query_with_nothing_to_attend_gets_zero_output_and_minus_inf_lse():
     assert torch.equal(out, torch.zeros_like(out)) and lse.item() == float("-inf")
     merged, merged_lse = merge_attention_states_torch([out, torch.ones_like(out)], [lse, torch.zeros_like(lse)])
     assert torch.equal(merged, torch.ones_like(out)) and merged_lse.item() == 0.0
+
+
+def test_batched_decode_matches_one_sequence_at_a_time():
+    torch.manual_seed(2)
+    H, KVH, D, page = 4, 2, 8, 4
+    lengths = [1, 7, 13]
+    tables = [[3], [0, 5], [1, 2, 4, 6]]
+    kc, vc = torch.randn(8, page, KVH, D), torch.randn(8, page, KVH, D)
+    pos = torch.arange(8 * page).view(8, page) * 2  # gapped positions
+    q = torch.randn(len(lengths), H, D)
+    q_pos = torch.tensor([int(pos.view(-1)[t[(n - 1) // page] * page + (n - 1) % page]) for t, n in zip(tables, lengths)])
+    for window in (None, 9):
+        meta = AttentionMetadata([0, 1, 2, 3], tables, lengths, [None] * 3, q_pos, torch.zeros(3, dtype=torch.long))
+        out, lse = paged_attention_torch(q, kc, vc, pos, meta, 0.4, window)
+        for b in range(3):
+            single = AttentionMetadata([0, 1], [tables[b]], [lengths[b]], [None], q_pos[b:b + 1], torch.zeros(1, dtype=torch.long))
+            ref_out, ref_lse = paged_attention_torch(q[b:b + 1], kc, vc, pos, single, 0.4, window)
+            torch.testing.assert_close(out[b:b + 1], ref_out, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(lse[b:b + 1], ref_lse, atol=1e-5, rtol=1e-5)
