@@ -439,6 +439,8 @@ def fig_multiturn(records: list[dict], cfg: DictConfig) -> FigureResult:
         mine = sorted((r for r in rows if r["system"] == system), key=lambda r: r["turn"])
         axes[0].plot([r["turn"] + 1 for r in mine], [r["tokens_computed"] for r in mine], "o-", label=system)
         axes[1].plot([r["turn"] + 1 for r in mine], [r["latency_s"] for r in mine], "o-", label=system)
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0].set(xlabel="turn", ylabel="tokens computed", title="tokens run through the model")
     axes[1].set(xlabel="turn", ylabel="latency (s)", title="turn latency")
     axes[0].legend()
@@ -501,8 +503,13 @@ def fig_batch_fill(records: list[dict], cfg: DictConfig) -> FigureResult:
         mine = sorted((r for r in rows if r["system"] == mode), key=lambda r: r["lips"])
         axes[0].plot([r["lips"] for r in mine], [r["mean_decode_batch_size"] for r in mine], "o-", label=mode)
         axes[1].plot([r["lips"] for r in mine], [r["tokens_per_s"] for r in mine], "o-", label=mode)
+    lips = sorted({r["lips"] for r in rows})
     axes[0].set(xlabel="concurrent LIPs", ylabel="mean batch size (decode)", xscale="log", yscale="log")
     axes[1].set(xlabel="concurrent LIPs", ylabel="tokens / s", xscale="log")
+    for ax in axes:  # plain integer ticks at the measured LIP counts
+        ax.set_xticks(lips, [str(n) for n in lips])
+        ax.minorticks_off()
+    axes[0].set_yticks(lips, [str(n) for n in lips])
     axes[0].legend()
     fig.tight_layout()
     top = max(r["lips"] for r in rows)
