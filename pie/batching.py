@@ -136,15 +136,20 @@ class CommandBatcher:
         return len({c.submission for c in self._queue}) >= max(1, self._ready_inferlets())
 
     def _take_batch(self) -> list[_Command] | None:
+        free_at = time.perf_counter()  # the model just finished the previous batch
         with self._cond:
             while self._running and not self._queue:
                 self._cond.wait()
             if not self._running:
                 return None
-            wait = self.policy.timeout_s
+            start, wait = self._queue[0].enqueued_at, self.policy.timeout_s
             if self.policy.kind == "adaptive":
+                # Count from when the model became free, not from the oldest command: commands that
+                # queued during the last batch must not stop the wait for the inferlets of that batch,
+                # or the inferlets split into two groups whose half-size batches alternate.
+                start = max(start, free_at)
                 wait = min(self.policy.max_wait_s, max(wait, 2 * self._think_s))
-            deadline = self._queue[0].enqueued_at + wait
+            deadline = start + wait
             while self._running and not self._ready():
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
