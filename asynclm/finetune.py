@@ -36,7 +36,6 @@ from core.models.base import PagedCausalLM
 from core.sequence import KVSequence
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-_train_forward = PagedCausalLM.forward.__wrapped__  # the same forward, without inference_mode
 
 
 class AdapterError(RuntimeError):
@@ -196,7 +195,7 @@ def example_loss(model: PagedCausalLM, ex: TrainingExample, page_size: int = 16)
     pool = model.new_kv_pool(n // page_size + 2, page_size)
     seq = KVSequence(pool)
     ids = torch.tensor(ex.input_ids)
-    (out,) = _train_forward(model, pool, [seq.entry(token_ids=ids, logits_at=[i - 1 for i in targets])])
+    (out,) = model.forward_with_grad(pool, [seq.entry(token_ids=ids, logits_at=[i - 1 for i in targets])])
     return nn.functional.cross_entropy(out.logits, ids[targets].to(out.logits.device))
 
 

@@ -131,6 +131,10 @@ class PagedCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, pool: KVPool, entries: Sequence[ForwardEntry]) -> list[ForwardOutput]:
         """Run one forward pass over a ragged batch; see :mod:`core.batch` for the contract."""
+        return self.forward_with_grad(pool, entries)
+
+    def forward_with_grad(self, pool: KVPool, entries: Sequence[ForwardEntry]) -> list[ForwardOutput]:
+        """The same forward pass outside inference mode, so autograd can train through it (LoRA)."""
         if not entries:
             return []
         for i, e in enumerate(entries):
