@@ -213,7 +213,7 @@ class Symphony:
         value, error = proc.resume_value, proc.resume_error
         proc.resume_value, proc.resume_error = None, None
         self._current = proc
-        t0 = time.perf_counter()
+        t0 = time.thread_time()  # slices and budgets are CPU time of this (the kernel's) thread
         proc.stats["slices"] += 1
         self.watchdog.begin(max(0.0, min(proc.budget.max_slice_s, proc.budget.max_cpu_s - proc.cpu_s)))
         call, yielded = None, False
@@ -226,9 +226,9 @@ class Symphony:
         except StopIteration as stop:
             self._exit(proc, stop.value)
         except LIPTerminated:
-            elapsed = time.perf_counter() - t0
+            elapsed = time.thread_time() - t0
             reason = proc.error or BudgetExceeded(
-                f"LIP {proc.pid} ({proc.name}) ran {elapsed:.2f} s without a blocking syscall "
+                f"LIP {proc.pid} ({proc.name}) ran {elapsed:.2f} s of CPU without a blocking syscall "
                 f"(time slice {proc.budget.max_slice_s} s, CPU budget {proc.budget.max_cpu_s} s)"
             )
             self._fail(proc, reason)
@@ -237,7 +237,7 @@ class Symphony:
         except BaseException as e:  # whatever a LIP raises (even SystemExit) ends only that LIP
             self._fail(proc, e)
         finally:
-            proc.cpu_s += time.perf_counter() - t0
+            proc.cpu_s += time.thread_time() - t0
             self._current = None
         if yielded and proc.alive:
             self._dispatch(proc, call)

@@ -36,8 +36,9 @@ class ProcessState(enum.Enum):
 class LIPBudget:
     """Limits the kernel enforces on one LIP.
 
-    ``max_slice_s`` bounds the time a LIP runs between two blocking syscalls (a LIP that loops is
-    interrupted when it passes it); ``max_cpu_s`` bounds the total of its slices;
+    ``max_slice_s`` bounds the CPU time a LIP runs between two blocking syscalls (a LIP that loops
+    is interrupted when it passes it; syscall time is the kernel's, not charged); ``max_cpu_s``
+    bounds the total of its slices;
     ``max_syscalls`` and ``max_tokens`` bound its calls and the tokens it asks the model to process.
     """
 

@@ -1,7 +1,9 @@
 """Preempting a LIP that runs too long without a blocking syscall (a timer interrupt, in OS terms).
 
 LIPs run as coroutines on the kernel's thread, so a LIP stuck in ``while True: pass`` would stall
-every other LIP. A watchdog thread watches each time slice; when one passes its deadline it raises
+every other LIP. A watchdog thread watches each time slice, measured in the kernel thread's CPU
+time (so a loaded machine does not make a busy LIP look like a looping one); when one passes its
+deadline it raises
 :class:`LIPTerminated` in the kernel thread (CPython's ``PyThreadState_SetAsyncExc``, delivered
 between bytecodes), and keeps raising it every few milliseconds until the slice ends, so a LIP
 that catches it cannot keep running.
@@ -32,6 +34,14 @@ from symphony.errors import LIPTerminated
 _FIRE_INTERVAL_S = 0.005
 
 
+def _cpu_clock(thread_id: int) -> int:
+    """The CPU-time clock of a thread (slices are CPU time: a loaded machine must not kill LIPs)."""
+    try:
+        return time.pthread_getcpuclockid(thread_id)
+    except (AttributeError, OSError):  # not on this platform: fall back to wall time
+        return time.CLOCK_MONOTONIC
+
+
 def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
     """Schedule ``exc`` in another thread (None clears a pending one)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
@@ -56,15 +66,18 @@ class Watchdog:
         self._thread_id: int | None = None
         self._deadline = 0.0
         self._masked = 0
+        self._clock = time.CLOCK_MONOTONIC
         self.fired = 0
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="symphony-watchdog", daemon=True)
         self._thread.start()
 
     def begin(self, seconds: float) -> None:
-        """Start a slice on the calling thread that may last ``seconds``."""
+        """Start a slice on the calling thread that may use ``seconds`` of CPU time."""
         with self._cv:
-            self._thread_id, self._deadline, self._masked = threading.get_ident(), time.monotonic() + seconds, 0
+            self._thread_id, self._masked = threading.get_ident(), 0
+            self._clock = _cpu_clock(self._thread_id)
+            self._deadline = time.clock_gettime(self._clock) + seconds
             self._cv.notify()
 
     def end(self) -> None:
@@ -75,7 +88,7 @@ class Watchdog:
             self._thread_id = None
 
     def overdue(self) -> bool:
-        return self._thread_id is not None and time.monotonic() > self._deadline
+        return self._thread_id is not None and time.clock_gettime(self._clock) > self._deadline
 
     @contextmanager
     def masked(self) -> Iterator[None]:
@@ -88,13 +101,13 @@ class Watchdog:
             self._masked += 1
             if self._thread_id is not None:
                 _raise_in_thread(self._thread_id, None)
-        t0 = time.monotonic()
+        t0 = time.thread_time()
         try:
             yield
         finally:
             with self._cv:
                 self._masked -= 1
-                self._deadline += time.monotonic() - t0  # kernel time is not charged to the slice
+                self._deadline += time.thread_time() - t0  # kernel time is not charged to the slice
                 overdue = self._masked == 0 and self.overdue()
         if overdue:
             raise LIPTerminated("time slice exceeded")
@@ -123,8 +136,10 @@ class Watchdog:
                 if self._thread_id is None:
                     self._cv.wait()
                     continue
-                remaining = self._deadline - time.monotonic()
+                remaining = self._deadline - time.clock_gettime(self._clock)
                 if remaining > 0:
+                    # A thread's CPU time grows no faster than wall time: waiting `remaining` never
+                    # overshoots the deadline; on a busy machine we simply check again.
                     self._cv.wait(remaining)
                     continue
                 if not self._masked:
