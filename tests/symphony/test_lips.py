@@ -119,11 +119,11 @@ def test_cli_module_entry_point_prints_help():
 
 @pytest.mark.real_model
 @pytest.mark.skipif(not model_available(), reason="the embedded Gemma 3 270M package is not installed")
-def test_real_gemma_fork_logits_match_from_scratch_and_json_parses():
+def test_real_gemma_fork_logits_match_from_scratch():
     from core.loader import load_model
 
     loaded = load_model()
-    kernel = make_kernel(loaded, num_pages=64, page_size=16)
+    kernel = make_kernel(loaded, num_pages=16, page_size=16)
     try:
 
         async def main(lip):
@@ -137,8 +137,5 @@ def test_real_gemma_fork_logits_match_from_scratch_and_json_parses():
         assert proc.error is None, proc.error_text
         for ids, logits in proc.result:
             torch.testing.assert_close(logits, reference_logits(kernel.model, ids), rtol=1e-3, atol=1e-3)
-        proc = kernel.run_program(lip_path("json_decode"), {"prompt": "A JSON record of Marie Curie:"})
-        assert proc.error is None, proc.error_text
-        assert set(json.loads(proc.result["text"])) == {"name", "age", "city"}
     finally:
         kernel.close()
