@@ -30,3 +30,14 @@ def test_pie_experiment_regenerates_every_figure(tmp_path):
     assert calls["control_call_s"] < calls["decode_step_s"]
     (fig11,) = [r for r in rec if r["figure"] == "fig11"]
     assert 1 <= fig11["calls_per_token"] <= 8  # embed + forward + get-next-dist per token, plus set-up
+
+
+def test_unknown_inferlet_or_policy_is_refused_before_any_work():
+    from experiments.harness import ConfigError, compose_config
+    from experiments.harness.runner import load_experiment
+
+    experiment = load_experiment("pie")
+    with pytest.raises(ConfigError, match="nope"):
+        experiment.plan(compose_config("pie", ["sweeps.ci.inferlets=[nope]"]))
+    with pytest.raises(ConfigError, match="batching policies"):
+        experiment.plan(compose_config("pie", ["runtime.policy=fifo"]))
