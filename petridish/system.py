@@ -40,10 +40,12 @@ class Petridish:
         user_config: UserProcessConfig | None = None,
         keep_logits: bool = False,
         share_weights: bool = True,
+        loaded: tuple | None = None,
     ):
+        """``loaded``: the ``(model, tokenizer)`` of ``spec`` if the caller already has them."""
         self.spec = spec
         self.user_config = user_config or UserProcessConfig()
-        model, tokenizer = spec.load()
+        model, tokenizer = loaded if loaded is not None else spec.load()
         # User processes map the service's weights (one copy in memory) or load their own.
         self.source = SharedWeights.from_model(model, tokenizer) if share_weights else spec
         self.service = ServiceProcess(model, tokenizer, service_config, keep_logits=keep_logits)

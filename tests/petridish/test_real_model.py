@@ -16,9 +16,11 @@ def test_spd_on_gemma3_270m_matches_the_plain_engine(real_model):
     prompts = ["My blood pressure this morning was 150/95 and I feel dizzy. What should I do?",
                "Summarise: the quarterly revenue fell 12 percent while costs rose."]
     params = SamplingParams(max_new_tokens=6, ignore_eos=True)
-    with Petridish(ModelSpec("gemma3-270m", attention_backend="torch"), num_users=2, keep_logits=True) as pd:
+    spec = ModelSpec("gemma3-270m")
+    loaded = (real_model.model, real_model.tokenizer)  # users map these weights: no second load
+    with Petridish(spec, num_users=2, keep_logits=True, loaded=loaded) as pd:
         spd = pd.generate(prompts, params)
-        engine = Engine(pd.service.model, pd.service.tokenizer, EngineConfig(num_pages=64, attention_backend="torch"))
+        engine = Engine(pd.service.model, pd.service.tokenizer, EngineConfig(num_pages=64))
         plain = engine.generate(prompts, params)
     assert [r.error for r in spd] == [None, None]
     assert [r.token_ids for r in spd] == [p.token_ids for p in plain]
