@@ -19,6 +19,10 @@ class ResourceError(PieError):
     """
 
 
+class PagesExhausted(ResourceError):
+    """The shared KV pool has fewer free pages than an inferlet asked for."""
+
+
 class InferletNotFoundError(PieError):
     """No inferlet with this name was built or uploaded."""
 

@@ -91,7 +91,7 @@ def store_set(inf, key: str, value: str) -> None:
 
 # -- allocate -------------------------------------------------------------------------------
 def alloc_kv_pages(inf, count: int) -> list[int]:
-    return inf.table.alloc_pages(count)
+    return inf.runtime.alloc_pages(inf, count)
 
 
 def dealloc_kv_pages(inf, pages: list[int]) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from core.kv_cache import KVPool, OutOfPagesError
-from pie.errors import ResourceError
+from pie.errors import PagesExhausted, ResourceError
 
 
 @dataclass
@@ -59,7 +59,7 @@ class ResourceTable:
             try:
                 physical = self.pool.allocate(count)
             except OutOfPagesError as e:
-                raise ResourceError(f"{self.owner}: {e}") from None
+                raise PagesExhausted(f"{self.owner}: {e}") from None
         return self._map(physical)
 
     def map_shared(self, physical: Sequence[int]) -> list[int]:

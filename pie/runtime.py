@@ -30,7 +30,7 @@ from wasmtime import component as wc
 
 from pie import host_api
 from pie.batching import BatchPolicy, CommandBatcher
-from pie.errors import InferletNotFoundError
+from pie.errors import InferletNotFoundError, PagesExhausted
 from pie.instance import Inferlet
 from pie.resources import ExportRegistry
 
@@ -43,8 +43,15 @@ class RuntimeConfig:
     time_slice_s: float = 2.0  # longest stretch of wasm compute between host calls
     epoch_tick_s: float = 0.01
     max_pages_per_inferlet: int | None = None
+    # When the pool runs out: "evict_newest" terminates the newest inferlets (the paper's policy) if
+    # that frees enough pages for an older one; "error" returns the error to the caller alone.
+    on_contention: str = "evict_newest"
     batch_policy: BatchPolicy = field(default_factory=BatchPolicy)
     model_name: str = "model"
+
+    def __post_init__(self) -> None:
+        if self.on_contention not in ("evict_newest", "error"):
+            raise ValueError(f"on_contention={self.on_contention!r}; expected 'evict_newest' or 'error'")
 
 
 @dataclass
@@ -138,6 +145,31 @@ class PieRuntime:
 
     def run(self, name: str, args: list[str] | tuple = (), tools=None, timeout: float | None = None) -> str:
         return self.launch(name, args, tools).wait(timeout)
+
+    def alloc_pages(self, inferlet: Inferlet, count: int) -> list[int]:
+        """Allocate KV pages for ``inferlet``; on contention evict newer inferlets if that suffices."""
+        try:
+            return inferlet.table.alloc_pages(count)
+        except PagesExhausted:
+            if self.config.on_contention != "evict_newest":
+                raise
+        short = count - self.pool.allocator.num_free
+        newer = sorted((i for i in list(self.inferlets.values())
+                        if i.id > inferlet.id and not i.done and i.table.num_pages),
+                       key=lambda i: -i.id)
+        victims, freed = [], 0
+        for v in newer:
+            if freed >= short:
+                break
+            victims.append(v)
+            freed += v.table.num_pages
+        if freed < short:  # evicting every newer inferlet would not be enough: spare them
+            return inferlet.table.alloc_pages(count)
+        for v in victims:
+            v.kill(f"evicted: the KV pool ran out and {inferlet.name}, an older inferlet, needed {count} pages")
+        for v in victims:
+            v._done.wait(self.config.time_slice_s + 5)
+        return inferlet.table.alloc_pages(count)
 
     def _ready_count(self) -> int:
         """Inferlets that could submit a forward now (running, not blocked on the client or a tool)."""

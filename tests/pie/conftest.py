@@ -50,3 +50,9 @@ def greedy(tiny):
 @pytest.fixture(scope="session")
 def ids():
     return parse_ids
+
+
+@pytest.fixture(scope="session")
+def runtime_factory(tiny):
+    """runtime_factory(**RuntimeConfig overrides): a fresh runtime on the tiny model (shut it down)."""
+    return lambda **overrides: make_runtime(tiny, **overrides)

@@ -70,3 +70,26 @@ def test_messages_round_trip_between_client_and_inferlet(runtime):
     assert inf.outbox.get(timeout=120) == "ready"
     inf.send("ping")
     assert inf.wait(60) == "echo: ping"
+
+
+@pytest.mark.parametrize("policy", ["evict_newest", "error"])
+def test_on_page_contention_the_newest_inferlet_is_evicted_for_an_older_one(runtime_factory, policy):
+    rt = runtime_factory(num_pages=8, on_contention=policy)
+    try:
+        older = rt.launch("sandbox_probe", ["alloc_after", "6"])
+        assert older.outbox.get(timeout=120) == "ready"
+        newer = rt.launch("sandbox_probe", ["leak", "6"])
+        assert newer.outbox.get(timeout=120).startswith("holding")
+        older.send("go")
+        if policy == "evict_newest":
+            assert older.wait(120) == "got 6"
+            with pytest.raises(InferletKilled, match="evicted"):
+                newer.wait(60)
+        else:
+            with pytest.raises(Exception, match="out of KV pages"):
+                older.wait(120)
+            newer.send("bye")
+            assert newer.wait(60) == "done"
+    finally:
+        rt.shutdown()
+    assert rt.pool.allocator.num_free == 8

@@ -4,6 +4,7 @@
 * ``oom``: allocate memory until the linear-memory limit stops it;
 * ``steal <page>``: forward over a KV page id it never allocated (another inferlet's);
 * ``leak <n>``: allocate ``n`` pages and never free them (the runtime must reclaim them);
+* ``alloc_after <n>``: say "ready", wait for a message, then allocate ``n`` pages;
 * ``wait``: block until the client sends a message, then echo it back;
 * ``noop``: return at once (launch latency);
 * ``calls <n>``: time ``n`` round trips of a cheap control call and of tokenize (per-call latency).
@@ -42,6 +43,11 @@ def main(args):
         send("holding " + ",".join(str(p) for p in pages))
         receive()
         return "done"
+    if what == "alloc_after":
+        send("ready")
+        receive()
+        pages = allocate.alloc_kv_pages(int(args[1]))
+        return "got " + str(len(pages))
     if what == "wait":
         send("ready")
         return "echo: " + receive()
