@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _prompt_cache_helpers import make_engine
-from reference import reference_greedy
+from _prompt_cache_reference import reference_greedy
 
 from core.sampling import SamplingParams
 from prompt_cache.cache import PromptCache
