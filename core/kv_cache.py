@@ -10,7 +10,7 @@ new token's K/V goes. Beside K/V, the pool records the position id of the token 
 positions are not 0..n-1 (Prompt Cache, Symphony).
 
 Pages are shared by reference counting (prefix reuse, forks, prompt modules). A writer that does
-not own a page alone copies it first (:meth:`PageAllocator.copy_on_write`). Running out of pages
+not own a page alone copies it first (:meth:`KVPool.copy_on_write`). Running out of pages
 raises :class:`OutOfPagesError`, which the caller can catch to wait, evict or preempt; the failed
 allocation takes nothing, so other requests are untouched.
 """
