@@ -85,3 +85,27 @@ def test_batched_decode_matches_one_sequence_at_a_time():
             ref_out, ref_lse = paged_attention_torch(q[b:b + 1], kc, vc, pos, single, 0.4, window)
             torch.testing.assert_close(out[b:b + 1], ref_out, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(lse[b:b + 1], ref_lse, atol=1e-5, rtol=1e-5)
+
+
+def test_columns_no_query_can_see_are_skipped_without_changing_the_result():
+    from core.attention import _visible_context
+
+    torch.manual_seed(3)
+    L, n, H, KVH, D, page, window = 40, 3, 2, 1, 8, 4, 6
+    q, k, v = torch.randn(n, H, D), torch.randn(L, KVH, D), torch.randn(L, KVH, D)
+    pages = list(range(9, -1, -1))  # reversed page order
+    kc, vc, pos = _paged(k, v, page, pages)
+    mask = torch.ones(n, L, dtype=torch.bool)
+    mask[:, 30:34] = False  # e.g. a composed prompt's padding slots
+    mask[0, L - 2:] = False  # causal among the new tokens
+    mask[1, L - 1] = False
+    meta = AttentionMetadata([0, n], [pages], [L], [mask], torch.arange(L - n, L), torch.zeros(n, dtype=torch.long))
+    for window_ in (None, window):
+        out, lse = paged_attention_torch(q, kc, vc, pos, meta, 0.3, window_)
+        qi, kj = torch.arange(L - n, L).unsqueeze(1), torch.arange(L).unsqueeze(0)
+        allowed = mask & ((qi - kj < window_) if window_ else True)
+        ref_out, ref_lse = _dense(q, k, v, allowed, 0.3)
+        torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+        slots, _ = _visible_context(meta, 0, page, pos, window_)
+        assert slots.numel() == int(allowed.any(0).sum())  # only the columns some query sees were read
