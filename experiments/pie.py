@@ -45,6 +45,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"batching policies must be among {POLICIES}")
     if cfg.sweep.decode_tokens < 2:
         raise ConfigError("sweep.decode_tokens must be >= 2 (TPOT is measured between 1 and N tokens)")
+    if cfg.sweep.tpot.tokens < 4 or cfg.sweep.tpot.pairs < 1:
+        raise ConfigError("sweep.tpot needs tokens >= 4 (steps after the first two are timed) and pairs >= 1")
 
 
 @EXPERIMENT.points
@@ -150,61 +152,171 @@ def _table2(ctx, point, cfg) -> dict:
 
 
 # -- Table 3: time per output token ----------------------------------------------------------
+class _ForwardClock:
+    """Records when each ``Model.forward`` call starts and ends, whoever calls it (the engine's loop or
+    Pie's model thread), so a decode step splits into time inside the model and time outside it.
+
+    Both systems run the very same forward, so the time *outside* it is where they can differ; unlike
+    end-to-end TPOT, this split does not depend on how fast the shared machine ran the model that second.
+    """
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __enter__(self) -> _ForwardClock:
+        inner = self.model.forward
+
+        def forward(pool, entries):
+            t0 = time.perf_counter()
+            try:
+                return inner(pool, entries)
+            finally:
+                self.calls.append((t0, time.perf_counter()))
+
+        self.model.forward = forward  # an instance attribute shadows the method until __exit__
+        return self
+
+    def __exit__(self, *exc) -> None:
+        del self.model.forward
+
+    def split(self, skip: int) -> tuple[float, float]:
+        """Median (inside, outside) seconds per step over the calls after the first ``skip``."""
+        steps = self.calls[skip:]
+        inside = statistics.median(b - a for a, b in steps)
+        period = statistics.median(steps[i + 1][0] - steps[i][0] for i in range(len(steps) - 1))
+        self.calls = []
+        return inside, period - inside
+
+
+def _spread(values: list[float]) -> dict:
+    q1, med, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return {"median": med, "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
+
+
 def _table3(ctx, point, cfg) -> dict:
-    """Both systems in one point, alternating runs, so drifting machine load hits both alike.
+    """Engine and Pie in interleaved pairs (ABBA order: the first system alternates), so drifting
+    machine load hits both alike; the overhead is the median of the per-pair TPOT ratios.
 
     TPOT is each request's own mean time per output token after the first: the engine's request
-    metrics, and for Pie the text-completion inferlet's own clock (it includes every host call)."""
+    metrics, and for Pie the text-completion inferlet's own clock (it includes every host call). Both
+    decode greedily and stop at the same EOS, so they produce the same tokens. Alongside, the forward clock splits each decode step into the model and everything else."""
     from core.sampling import SamplingParams
 
-    b, n, prompt = point["batch"], cfg.sweep.decode_tokens, cfg.workload.prompt
+    b, n, prompt = point["batch"], cfg.sweep.tpot.tokens, cfg.workload.prompt
     prompts = [f"{prompt} {i}" for i in range(b)]
+    loaded = ctx.model()
     engine, rt = ctx.engine(), _runtime(ctx, cfg)
+    clock = _ForwardClock(loaded.model)
 
-    def engine_tpot() -> float:
+    def engine_run() -> tuple[float, float, float]:
         outs = engine.generate(prompts, SamplingParams(max_new_tokens=n))
-        return statistics.median(o.metrics.tpot_s for o in outs)
+        return (statistics.median(o.metrics.tpot_s for o in outs), *clock.split(skip=2))
 
-    def pie_tpot() -> float:
+    def pie_run() -> tuple[float, float, float]:
         jobs = _run_all(rt, "text_completion", [[p, str(n)] for p in prompts])
-        return statistics.median(float(j.outbox.get_nowait().split("tpot_s=")[1]) for j in jobs)
+        tpot = statistics.median(float(j.outbox.get_nowait().split("tpot_s=")[1]) for j in jobs)
+        return (tpot, *clock.split(skip=2))
 
-    for _ in range(cfg.profile.warmup):
-        engine_tpot(), pie_tpot()
-    pairs = [(engine_tpot(), pie_tpot()) for _ in range(max(3, cfg.profile.repeats))]
-    e, p = statistics.median(x for x, _ in pairs), statistics.median(y for _, y in pairs)
-    return {"engine_tpot_s": e, "pie_tpot_s": p, "overhead": p / e - 1,
-            "overhead_pairs": [y / x - 1 for x, y in pairs]}
+    with clock:
+        for _ in range(cfg.profile.warmup):
+            engine_run(), pie_run()
+        pairs = []
+        for i in range(cfg.sweep.tpot.pairs):
+            if i % 2 == 0:
+                e = engine_run()
+                p = pie_run()
+            else:
+                p = pie_run()
+                e = engine_run()
+            pairs.append((e, p))
+    ratios = [p[0] / e[0] - 1 for e, p in pairs]
+    # per system, the median over pairs of (tpot, inside the model, outside it)
+    (e_tpot, e_in, e_out), (p_tpot, _, p_out) = [
+        [statistics.median(run[which][k] for run in pairs) for k in range(3)] for which in (0, 1)
+    ]
+    return {
+        "engine_tpot_s": e_tpot, "pie_tpot_s": p_tpot, "overhead": statistics.median(ratios),
+        "overhead_spread": _spread(ratios), "overhead_pairs": ratios, "pairs": len(pairs), "tokens": n,
+        "forward_s": e_in, "engine_outside_s": e_out, "pie_outside_s": p_out,
+        "outside_overhead": (p_out - e_out) / (e_in + e_out),
+    }
 
 
 # -- Fig 6 / Fig 7: agents ---------------------------------------------------------------------
-_DOC = ("You are an agent. Tools: search(query) returns facts about the query. "
-        "Format: Thought: ... Action: search[query] Observation: ... Answer: ...\n")
+# The paper's agent benchmarks (its artifact's test_1_agent_react_*.py and agent-react-bench) drive a
+# ReAct loop: a system prompt that documents the tools and the Thought/Action format, then per turn a
+# short generated thought, a tool call of fixed latency, and its observation appended to the context.
+# Fig. 6's prompt is ~150 tokens (two one-line tools + the format); Fig. 7's case study documents two
+# tools in a paragraph each (~600 tokens). Ours are written to the same structure and similar length
+# (137 and ~420 Gemma tokens); the turn counts, thought lengths and tool latency are in conf/pie.yaml.
+_REACT_PROMPT = (
+    "You are a helpful assistant that answers questions by using tools. You can call these tools:\n"
+    "- search[query]: looks the query up on the web and returns the most relevant passage.\n"
+    "- calculator[expression]: evaluates an arithmetic expression and returns the number.\n"
+    "Work in steps. In each step first write what you think should be done next, then the action, "
+    "in exactly this format:\n"
+    "Thought: your reasoning about the next step.\n"
+    "Action: the tool to call, written as tool[input].\n"
+    "After each action you receive an Observation with the tool's result. Repeat until you know the "
+    "answer, then write Answer: followed by the final answer.\n"
+)
+_CASE_STUDY_PROMPT = (
+    "You are a helpful assistant that answers questions by using tools. You can call these tools:\n"
+    "- search[query]: runs a semantic search over a large index of web pages, encyclopedia articles, "
+    "papers and news, and returns a short passage from the most relevant document. Use it to find facts, "
+    "dates, names and definitions, especially about recent events or anything that changes over time. "
+    "Write the query as a short question or a few keywords, for example search[capital of France]; avoid "
+    "broad queries, be as specific as you can. The index is updated continuously. Results combine keyword "
+    "matching with vector similarity, so different wordings of the same question find the same passage. "
+    "It only retrieves information: it cannot compute, run code or act in the world. Prefer it whenever "
+    "the answer is not already known to you with certainty, and cite what it returns in your next thought.\n"
+    "- python[code]: runs a Python program in a sandbox and returns what it prints. Use it for exact "
+    "arithmetic, counting, data manipulation, simulations and anything that is easier to compute than to "
+    "reason about, for example python[print(sum(i * i for i in range(100)))]. The program must be "
+    "self-contained: the sandbox has no network and no files, and nothing persists from one call to the "
+    "next, so define every function and value the program needs each time. Make the last line print the "
+    "result, because the printed output is the only thing you get back as the observation. Do not use it "
+    "for trivial arithmetic you can do reliably yourself, and keep programs short so they finish quickly.\n"
+    + _REACT_PROMPT[_REACT_PROMPT.index("Work in steps."):]
+)
 
 
-def _agent_pie(rt, cfg, agents: int, doc: str, share: str) -> float:
-    s, q = cfg.sweep, cfg.workload.question
-    args = [[f"{q} ({i})", str(s.agent_turns), str(s.thought_tokens), doc, share] for i in range(agents)]
+def _agent_prompt(cfg: DictConfig, key: str) -> str:
+    """workload.react_prompt / workload.case_study_prompt; null (the default) = the built-in one above."""
+    text = cfg.workload.get(key)
+    return text if text is not None else {"react_prompt": _REACT_PROMPT, "case_study_prompt": _CASE_STUDY_PROMPT}[key]
+
+
+def _agent_pie(rt, cfg, agents: int, doc: str, share: str, turns: int, thought_tokens: int) -> float:
+    """The agents as inferlets: tools run inside the server, the episode's KV is kept across turns."""
+    q = cfg.workload.question
+    args = [[f"{q} ({i})", str(turns), str(thought_tokens), doc, share] for i in range(agents)]
     t0 = time.perf_counter()
     _run_all(rt, "agent_react", args, tools={"search": _search_tool(cfg)})
     return time.perf_counter() - t0
 
 
-def _agent_prompts(engine, cfg, agents: int, doc: str) -> float:
-    """The same agents driven by a client: one full prompt per turn, a round trip per tool call."""
+def _agent_prompts(engine, cfg, agents: int, doc: str, turns: int, thought_tokens: int) -> float:
+    """The same agents served as prompts, as the paper's baseline clients do against vLLM/SGLang.
+
+    Per turn, for every agent: send the whole context so far (tool documentation, question, every
+    earlier thought, action and observation) as one prompt; the engine prefills all of it (no prefix
+    caching: the paper's baseline servers ran without it) and decodes up to ``thought_tokens``; the
+    client then runs the tool (the agents' tools in parallel), pays ``rtt_ms`` once for the turn's
+    round trip, and appends the action and observation. A final prompt asks for the answer.
+    """
     from core.sampling import SamplingParams
 
-    s, w = cfg.sweep, cfg.workload
-    params = SamplingParams(max_new_tokens=s.thought_tokens)
+    w = cfg.workload
+    params = SamplingParams(max_new_tokens=thought_tokens)
     tool, rtt = _search_tool(cfg), w.rtt_ms / 1000
     t0 = time.perf_counter()
     prompts = [f"{doc}Question: {w.question} ({i})\n" for i in range(agents)]
-    for _ in range(s.agent_turns):
+    for _ in range(turns):
         outs = engine.generate([p + "Thought:" for p in prompts], params)
-        time.sleep(rtt)  # the thoughts travel to the client ...
         with ThreadPoolExecutor(agents) as pool:  # the client runs the agents' tool calls in parallel
             obs = list(pool.map(lambda _: tool(w.question), range(agents)))
-        time.sleep(rtt)  # ... and the next prompts back to the server
+        time.sleep(rtt)  # the thought goes to the client and the next prompt back to the server
         prompts = [p + "Thought:" + o.text + f" Action: search[{w.question}]\nObservation: {ob}\n"
                    for p, o, ob in zip(prompts, outs, obs)]
     engine.generate([p + "Answer:" for p in prompts], params)
@@ -213,25 +325,28 @@ def _agent_prompts(engine, cfg, agents: int, doc: str) -> float:
 
 def _fig6(ctx, point, cfg) -> dict:
     rt, engine, n = _runtime(ctx, cfg), ctx.engine(), point["agents"]
-    doc = _DOC * cfg.workload.tool_doc_repeats  # agents' system prompts carry their tools' documentation
-    t = _alternating({"prompts": lambda: _agent_prompts(engine, cfg, n, doc),
-                      "pie": lambda: _agent_pie(rt, cfg, n, doc, "")}, cfg)
+    turns, tokens, doc = cfg.sweep.agent_turns, cfg.sweep.thought_tokens, _agent_prompt(cfg, "react_prompt")
+    t = _alternating({"prompts": lambda: _agent_prompts(engine, cfg, n, doc, turns, tokens),
+                      "pie": lambda: _agent_pie(rt, cfg, n, doc, "", turns, tokens)}, cfg)
     return {"prompts_latency_s": t["prompts"], "pie_latency_s": t["pie"], "speedup": t["prompts"] / t["pie"],
-            "prompts_throughput_per_s": n / t["prompts"], "pie_throughput_per_s": n / t["pie"]}
+            "prompts_throughput_per_s": n / t["prompts"], "pie_throughput_per_s": n / t["pie"],
+            "turns": turns, "thought_tokens": tokens}
 
 
 def _fig7(ctx, point, cfg) -> dict:
+    """The paper's case study: the long tool documentation prefilled once and exported, every later
+    agent importing its KV pages instead of prefilling it again."""
     rt, n = _runtime(ctx, cfg), point["agents"]
-    doc = _DOC * cfg.workload.tool_doc_repeats
+    turns, tokens, doc = cfg.sweep.fig7.turns, cfg.sweep.fig7.thought_tokens, _agent_prompt(cfg, "case_study_prompt")
     share = "fig7-tooldoc"
-    _agent_pie(rt, cfg, 1, doc, share)  # the tool documentation is prefilled and exported once, up front
+    _agent_pie(rt, cfg, 1, doc, share, 1, 1)  # prefill and export the documentation up front
     try:
-        t = _alternating({"pie": lambda: _agent_pie(rt, cfg, n, doc, ""),
-                          "pie_export": lambda: _agent_pie(rt, cfg, n, doc, share)}, cfg)
+        t = _alternating({"pie": lambda: _agent_pie(rt, cfg, n, doc, "", turns, tokens),
+                          "pie_export": lambda: _agent_pie(rt, cfg, n, doc, share, turns, tokens)}, cfg)
     finally:
         rt.exports.unexport(share)
     return {"pie_throughput_per_s": n / t["pie"], "pie_export_throughput_per_s": n / t["pie_export"],
-            "gain": t["pie"] / t["pie_export"]}
+            "gain": t["pie"] / t["pie_export"], "turns": turns, "thought_tokens": tokens}
 
 
 # -- Fig 8: reasoning and decoding strategies ----------------------------------------------------
@@ -366,15 +481,28 @@ def table3_tpot_overhead(records, cfg) -> FigureResult:
     import matplotlib.pyplot as plt
 
     rows = sorted(_of(records, "table3"), key=lambda r: r["batch"])
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for i, m in enumerate(("engine", "pie")):
-        ax.bar([j + 0.4 * i for j in range(len(rows))], [r[f"{m}_tpot_s"] * 1e3 for r in rows], 0.4, label=m)
-    ax.set_xticks([j + 0.2 for j in range(len(rows))], [f"batch {r['batch']}" for r in rows])
-    ax.set_ylabel("time per output token (ms)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    xs = range(len(rows))
+    for i, m in enumerate(("engine", "pie")):  # per step: the shared forward, then each system's own work
+        inside = [r["forward_s"] * 1e3 for r in rows]
+        axes[0].bar([j + 0.4 * i for j in xs], inside, 0.4, color="#bbbbbb", label="Model.forward" if i == 0 else None)
+        axes[0].bar([j + 0.4 * i for j in xs], [r[f"{m}_outside_s"] * 1e3 for r in rows], 0.4, bottom=inside,
+                    label=f"{m}: outside the model")
+    axes[0].set_xticks([j + 0.2 for j in xs], [f"batch {r['batch']}" for r in rows])
+    axes[0].set_ylabel("ms per decode step (medians)")
+    axes[0].legend(fontsize=7)
+    axes[1].boxplot([[100 * x for x in r["overhead_pairs"]] for r in rows])
+    axes[1].set_xticks([j + 1 for j in xs], [f"batch {r['batch']}" for r in rows])
+    axes[1].axhline(3, color="red", linestyle=":", label="goal (3%)")
+    axes[1].set_ylabel("pie TPOT / engine TPOT - 1 (%), per pair")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
-    over = ", ".join(f"batch {r['batch']}: {100 * r['overhead']:+.1f}%" for r in rows)
-    return FigureResult(fig, f"TPOT overhead (median of alternating runs) {over}")
+    parts = []
+    for r in rows:
+        sp = r["overhead_spread"]
+        parts.append(f"batch {r['batch']}: {100 * r['overhead']:+.1f}% (quartiles {100 * sp['q1']:+.1f}..{100 * sp['q3']:+.1f}%,"
+                     f" {r['pairs']} pairs of {r['tokens']} tokens), outside the model {100 * r['outside_overhead']:+.1f}%")
+    return FigureResult(fig, "TPOT overhead, median of per-pair ratios: " + "; ".join(parts))
 
 
 def _pair_bars(ax, labels, first, second, names, ylabel):

@@ -15,9 +15,11 @@ from experiments.harness.testing import run_experiment
 def test_pie_experiment_regenerates_every_figure(tmp_path):
     result = run_experiment("pie", [
         "model=tiny-random", "model.family=llama", "sweeps.ci.inferlets=[text_completion,sandbox_probe]",
-        "sweeps.ci.batch_sizes=[1]", "sweeps.ci.agents=[1]", "sweeps.ci.agent_turns=1",
+        "sweeps.ci.batch_sizes=[1]", "sweeps.ci.agents=[1]", "sweeps.ci.agent_turns=1", "sweeps.ci.thought_tokens=4",
+        "sweeps.ci.fig7.turns=1", "sweeps.ci.fig7.thought_tokens=4", "sweeps.ci.tpot.tokens=6", "sweeps.ci.tpot.pairs=2",
         "sweeps.ci.launch_concurrency=[1,4]", "sweeps.ci.cold_launch=false", "sweeps.ci.policies=[eager,adaptive]",
-        "sweeps.ci.policy_inferlets=3", "sweeps.ci.decode_tokens=4", "workload.tool_doc_repeats=1",
+        "sweeps.ci.policy_inferlets=3", "sweeps.ci.decode_tokens=4", "workload.tool_ms=1",
+        "workload.react_prompt='Tools: search[query].'", "workload.case_study_prompt='Tools: search[query], python[code].'",
     ], tmp_path)
     assert set(result.figures) == {
         "table2_inferlet_size", "table3_tpot_overhead", "fig6_agent", "fig7_agent_export", "fig8_reasoning",
@@ -30,6 +32,9 @@ def test_pie_experiment_regenerates_every_figure(tmp_path):
     assert calls["control_call_s"] < calls["decode_step_s"]
     (fig11,) = [r for r in rec if r["figure"] == "fig11"]
     assert 1 <= fig11["calls_per_token"] <= 8  # embed + forward + get-next-dist per token, plus set-up
+    (tpot,) = [r for r in rec if r["figure"] == "table3"]
+    assert tpot["pairs"] == len(tpot["overhead_pairs"]) == 2
+    assert tpot["forward_s"] > 0 and tpot["pie_outside_s"] > 0  # the forward clock saw both systems' steps
 
 
 def test_unknown_inferlet_or_policy_is_refused_before_any_work():
@@ -41,3 +46,5 @@ def test_unknown_inferlet_or_policy_is_refused_before_any_work():
         experiment.plan(compose_config("pie", ["sweeps.ci.inferlets=[nope]"]))
     with pytest.raises(ConfigError, match="batching policies"):
         experiment.plan(compose_config("pie", ["runtime.policy=fifo"]))
+    with pytest.raises(ConfigError, match="tpot"):
+        experiment.plan(compose_config("pie", ["sweeps.ci.tpot.tokens=2"]))
