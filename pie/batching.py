@@ -18,6 +18,13 @@ Threads, not asyncio: a wasm call into an inferlet is a blocking native call (wa
 the GIL while wasm runs), and a host call must return its result to the same native stack, so a
 thread per inferlet is the plain model. Torch releases the GIL inside kernels, so the worker and
 the inferlets overlap.
+
+**Inline batches.** Handing a command to the worker and its result back costs two thread wake-ups
+per forward (~0.2 ms on a quiet 2-core CPU, and a scheduler time slice or more when the machine is
+overloaded), paid on every decode step. So a lone inferlet whose command can start at once (eager
+or adaptive, model idle) runs its batch on its own thread (``inline``, on by default); batches of
+several inferlets, and those that have to wait (k, t), run on the worker. Only one batch runs at a
+time either way.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class BatchPolicy:
     timeout_s: float = 0.005
     max_wait_s: float = 0.05  # adaptive: the longest it waits for stragglers
     max_batch_tokens: int = 4096
+    inline: bool = True  # the submitter runs a batch that is ready at once itself (see the module docstring)
 
     def __post_init__(self) -> None:
         if self.kind not in POLICIES:
@@ -80,6 +88,8 @@ class CommandBatcher:
         self._submissions = 0  # id of the last submit_many call
         self._returned_at: dict[int, float] = {}  # submitting thread -> when its last result came back
         self._think_s = 0.0  # moving average of the time inferlets take to submit again
+        self._busy = False  # a batch is running (on the worker or inline on a submitting thread)
+        self._free_at = time.perf_counter()  # when the model last became free
         self.stats = BatchStats()
         self._thread = threading.Thread(target=self._loop, name="pie-batcher", daemon=True)
         self._thread.start()
@@ -103,7 +113,13 @@ class CommandBatcher:
             for c in cmds:
                 c.submission = self._submissions
             self._queue.extend(cmds)
-            self._cond.notify_all()
+            inline = self._may_run_inline(len(cmds))
+            if inline:
+                batch = self._pop_batch()
+            else:
+                self._cond.notify_all()
+        if inline:
+            self._run_and_release(batch)
         for c in cmds:
             c.done.wait()
         self._returned_at[me] = time.perf_counter()
@@ -123,6 +139,14 @@ class CommandBatcher:
             self._cond.notify_all()
         self._thread.join(timeout=5)
 
+    def _may_run_inline(self, mine: int) -> bool:
+        """The submitter runs its own batch when it is alone: the model is idle, only its commands are
+        queued, no other inferlet could submit, and the policy would start the batch now. (Batches of
+        several inferlets stay on the worker thread: run on whichever inferlet thread arrived last, each
+        such thread would start its own OpenMP team for the model's kernels, which measured slower.)"""
+        return (self.policy.inline and not self._busy and len(self._queue) == mine
+                and self.policy.kind in ("eager", "adaptive") and self._ready_inferlets() <= 1)
+
     # -- worker ----------------------------------------------------------------------------
     def _ready(self) -> bool:
         p, n = self.policy, len(self._queue)
@@ -135,44 +159,60 @@ class CommandBatcher:
         # adaptive: every inferlet able to submit has a submission in (one call may queue many passes)
         return len({c.submission for c in self._queue}) >= max(1, self._ready_inferlets())
 
+    def _pop_batch(self) -> list[_Command]:
+        """Take the oldest queued commands within the token budget (caller holds the lock)."""
+        batch, tokens = [], 0
+        while self._queue and (not batch or tokens + self._queue[0].entry.num_new <= self.policy.max_batch_tokens):
+            cmd = self._queue.pop(0)
+            batch.append(cmd)
+            tokens += cmd.entry.num_new
+        self._busy = True
+        return batch
+
     def _take_batch(self) -> list[_Command] | None:
-        free_at = time.perf_counter()  # the model just finished the previous batch
         with self._cond:
-            while self._running and not self._queue:
-                self._cond.wait()
-            if not self._running:
-                return None
-            start, wait = self._queue[0].enqueued_at, self.policy.timeout_s
-            if self.policy.kind == "adaptive":
-                # Count from when the model became free, not from the oldest command: commands that
-                # queued during the last batch must not stop the wait for the inferlets of that batch,
-                # or the inferlets split into two groups whose half-size batches alternate.
-                start = max(start, free_at)
-                wait = min(self.policy.max_wait_s, max(wait, 2 * self._think_s))
-            deadline = start + wait
-            while self._running and not self._ready():
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            batch, tokens = [], 0
-            while self._queue and (not batch or tokens + self._queue[0].entry.num_new <= self.policy.max_batch_tokens):
-                cmd = self._queue.pop(0)
-                batch.append(cmd)
-                tokens += cmd.entry.num_new
-            return batch
+            while True:
+                while self._running and (not self._queue or self._busy):
+                    self._cond.wait()
+                if not self._running:
+                    return None
+                start, wait = self._queue[0].enqueued_at, self.policy.timeout_s
+                if self.policy.kind == "adaptive":
+                    # Count from when the model became free, not from the oldest command: commands that
+                    # queued during the last batch must not stop the wait for the inferlets of that batch,
+                    # or the inferlets split into two groups whose half-size batches alternate.
+                    start = max(start, self._free_at)
+                    wait = min(self.policy.max_wait_s, max(wait, 2 * self._think_s))
+                deadline = start + wait
+                while self._running and self._queue and not self._busy and not self._ready():
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._running and self._queue and not self._busy:
+                    return self._pop_batch()
+                # else: a submitter ran the queue inline meanwhile (or we are stopping): look again
 
     def _loop(self) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
                 break
-            self._run(batch)
+            self._run_and_release(batch)
         with self._cond:  # fail whatever is left so no inferlet thread waits forever
             for cmd in self._queue:
                 cmd.error = RuntimeError("the command batcher stopped")
                 cmd.done.set()
             self._queue.clear()
+
+    def _run_and_release(self, batch: list[_Command]) -> None:
+        try:
+            self._run(batch)
+        finally:
+            with self._cond:
+                self._busy = False
+                self._free_at = time.perf_counter()
+                self._cond.notify_all()  # the worker may start what queued meanwhile
 
     def _run(self, batch: list[_Command]) -> None:
         t0 = time.perf_counter()

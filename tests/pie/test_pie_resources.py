@@ -129,3 +129,33 @@ def test_a_malformed_command_fails_alone(tiny):
     finally:
         batcher.stop()
     assert result["good"].logits.shape == (1, tiny.model.config.vocab_size)
+
+
+class _ThreadSpy:
+    """Delegates to the model and records which thread ran each forward."""
+
+    def __init__(self, model):
+        self.model, self.threads = model, []
+
+    def forward(self, pool, entries):
+        self.threads.append(threading.get_ident())
+        return self.model.forward(pool, entries)
+
+
+@pytest.mark.parametrize(("inline", "ready_inferlets", "on_caller"), [(True, 1, True), (False, 1, False), (True, 2, False)])
+def test_a_lone_inferlet_runs_its_batch_on_its_own_thread(tiny, inline, ready_inferlets, on_caller):
+    ref_pool = tiny.model.new_kv_pool(16, 4)
+    _, (ref_entry,) = _entries(ref_pool, [[2, 10, 11, 12]])
+    expected = tiny.model.forward(ref_pool, [ref_entry])[0].logits
+    pool, spy = tiny.model.new_kv_pool(16, 4), _ThreadSpy(tiny.model)
+    batcher = CommandBatcher(spy, pool, BatchPolicy("eager", inline=inline), lambda: ready_inferlets)
+    try:
+        _, (entry,) = _entries(pool, [[2, 10, 11, 12]])
+        out = batcher.submit(entry)
+        _, (second,) = _entries(pool, [[2, 5]])
+        batcher.submit(second)  # the worker picks up again after an inline batch (and vice versa)
+    finally:
+        batcher.stop()
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
+    assert (spy.threads[0] == threading.get_ident()) is on_caller
+    assert batcher.stats.batches == 2
