@@ -1,17 +1,21 @@
 """BFCL tasks as shipped in the ``bfcl-eval`` package (``bfcl_eval/data/``), no hub download.
 
-Loads the ``parallel`` and ``parallel_multiple`` categories with their ``possible_answer`` files,
+Loads the ``parallel``, ``live_parallel`` and ``parallel_multiple`` categories with their ``possible_answer`` files,
 turns each possible answer into the ground-truth :class:`~asynclm.protocol.FunctionCall` list that the
 teacher-forced mode emits, and checks predicted calls with BFCL's AST-match rule (same function
 names, every required argument present, every value among the allowed ones, order free).
 
-``multi_step_tasks`` builds the multi-step parallel tasks of the paper's Fig 6 from these: BFCL's
-calls carry no data dependencies, so we chain ``steps`` tasks and let every call of step ``s+1`` depend
-on one (seeded random) call of step ``s`` - a dependency graph like the paper's fine-tuning traces.
+``multi_step_parallel_tasks`` builds the paper's ``v3-multi-step-parallel`` tasks (its Fig 6): each
+combines three different samples of ``multi_turn_base``, each sample being the sequential calls of its
+first turn (1-5 calls, each needing the previous one's result), so a task holds three independent
+chains. ``multi_step_tasks`` is our earlier construction (``steps`` chained ``parallel_multiple`` tasks,
+every call of step ``s+1`` depending on one seeded random call of step ``s``), kept for the
+fine-tuning traces and as ``sweep.multi_step_from=parallel_multiple``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import random
 from dataclasses import dataclass, field
@@ -21,8 +25,11 @@ from typing import Any
 
 from asynclm.protocol import FunctionCall
 
-CATEGORIES = ("parallel", "parallel_multiple")
+CATEGORIES = ("parallel", "live_parallel", "parallel_multiple")
+MULTI_TURN = "multi_turn_base"
 _FILE = "BFCL_v4_{category}.json"
+_FUNC_DOCS = ("gorilla_file_system", "math_api", "message_api", "posting_api", "ticket_api", "trading_bot",
+              "travel_booking", "vehicle_control")  # the classes multi_turn_base uses
 
 
 class BFCLDataError(RuntimeError):
@@ -93,7 +100,7 @@ def _read_jsonl(relpath: str) -> tuple[dict, ...]:
 
 
 def load_tasks(category: str, limit: int | None = None) -> list[BFCLTask]:
-    """Tasks of one category (``parallel`` or ``parallel_multiple``) joined with their answers."""
+    """Tasks of one category (see ``CATEGORIES``) joined with their answers."""
     if category not in CATEGORIES:
         raise BFCLDataError(f"category {category!r} is not one of {CATEGORIES}")
     questions = _read_jsonl(_FILE.format(category=category))
@@ -177,3 +184,77 @@ def _value_equal(value: Any, allowed: Any) -> bool:
         matches = (any(_value_equal(value[k], a) for a in options[k]) for k in value)
         return set(value) <= set(options) and all(matches)
     return value == allowed
+
+
+# -- the paper's multi-step parallel tasks (``v3-multi-step-parallel``) ---------------------------------
+def load_multi_turn_chains(max_calls: int = 5) -> list[BFCLTask]:
+    """First turns of ``multi_turn_base`` as sequential chains: call i needs the result of call i-1.
+
+    BFCL's multi-turn calls act on a shared state (``cd`` then ``mv``), so within a turn each call
+    depends on the one before. Turns with more than ``max_calls`` calls are skipped (the paper: 1-5).
+    """
+    docs = _multi_turn_docs()
+    answers = {a["id"]: a["ground_truth"] for a in _read_jsonl(f"possible_answer/{_FILE.format(category=MULTI_TURN)}")}
+    chains = []
+    for rec in _read_jsonl(_FILE.format(category=MULTI_TURN)):
+        first = answers.get(rec["id"], [[]])[0]
+        if not 1 <= len(first) <= max_calls:
+            continue
+        calls = [_parse_call(text, docs, rec["id"]) for text in first]
+        user = "\n".join(m["content"] for m in rec["question"][0] if m["role"] == "user")
+        # Only the functions the calls use: the paper gives "all necessary function definitions".
+        functions = [docs[n] for n in dict.fromkeys(name for name, _ in calls)]
+        answer = [{name: {k: [v] for k, v in args.items()}} for name, args in calls]
+        deps = tuple((i - 1,) if i else () for i in range(len(calls)))
+        chains.append(BFCLTask(rec["id"], MULTI_TURN, user, functions, answer, deps))
+    return chains
+
+
+def multi_step_parallel_tasks(chains: list[BFCLTask], count: int, per_task: int = 3, seed: int = 0) -> list[BFCLTask]:
+    """``count`` tasks, each ``per_task`` different chains drawn at random (seeded), side by side."""
+    if len(chains) < per_task:
+        raise BFCLDataError(f"need at least {per_task} chains, got {len(chains)}")
+    rng = random.Random(seed)
+    out = []
+    for k in range(count):
+        parts = rng.sample(chains, per_task)
+        answer, functions, deps, names = [], [], [], set()
+        for part in parts:
+            offset = len(answer)
+            deps.extend(tuple(d + offset for d in dep) for dep in part.dependencies())
+            answer.extend(part.possible_answer)
+            functions.extend(f for f in part.functions if f["name"] not in names)
+            names.update(f["name"] for f in part.functions)
+        question = "\n".join(f"Task {i + 1}: {p.question}" for i, p in enumerate(parts))
+        key = "+".join(p.task_id.removeprefix("multi_turn_base_") for p in parts)
+        out.append(BFCLTask(f"multi_step_parallel_{k}[{key}]", "multi_step_parallel", question, functions,
+                            answer, tuple(deps)))
+    return out
+
+
+@cache
+def _multi_turn_docs() -> dict[str, dict]:
+    docs: dict[str, dict] = {}
+    for name in _FUNC_DOCS:
+        for doc in _read_jsonl(f"multi_turn_func_doc/{name}.json"):
+            docs.setdefault(doc["name"], doc)
+    return docs
+
+
+def _parse_call(text: str, docs: dict[str, dict], where: str) -> tuple[str, dict]:
+    """``"mv(source='a', destination='b')"`` -> ("mv", {...}); positional arguments get the doc's names."""
+    try:
+        node = ast.parse(text, mode="eval").body
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+            raise ValueError("not a plain function call")
+        name = node.func.id
+        if name not in docs:
+            raise ValueError(f"no function doc for {name!r}")
+        params = list(docs[name]["parameters"].get("properties", {}))
+        if len(node.args) > len(params):
+            raise ValueError(f"{len(node.args)} positional arguments, {name} has {len(params)} parameters")
+        args = {params[i]: ast.literal_eval(a) for i, a in enumerate(node.args)}
+        args.update({kw.arg: ast.literal_eval(kw.value) for kw in node.keywords})
+    except (SyntaxError, ValueError) as e:
+        raise BFCLDataError(f"{where}: cannot read ground-truth call {text!r}: {e}") from e
+    return name, args

@@ -89,6 +89,13 @@ class TaskResult:
     finish_reason: str
     logits: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (context index, logits)
     user_latency_s: list[float] = field(default_factory=list)  # user message arrival -> delivery
+    ttft_s: float = 0.0  # admission -> first generated token (the prompt's prefill)
+    request_s: float = 0.0  # charged for new completion requests (``request_ttft_s``), included in e2e_s
+
+    @property
+    def span_s(self) -> float:
+        """The paper's end-to-end latency: from the first generated token to the last (Sec 6.1)."""
+        return self.e2e_s - self.ttft_s
 
     @property
     def recomputed_tokens(self) -> int:
@@ -120,13 +127,14 @@ class TaskState:
     at_boundary: bool = False  # just woke from a wait: where a synchronous system sees new messages
     finish_reason: str | None = None
     end: float = 0.0
+    first_token_at: float | None = None
     generated: int = 0
     result: TaskResult | None = None
     user_due: list[tuple[float, Interrupt]] = field(default_factory=list)
     user_arrived: dict[int | str, float] = field(default_factory=dict)
     stats: dict = field(default_factory=lambda: {
         "injected": 0, "forced": 0, "fed": 0, "calls": [], "interrupts": [], "malformed": [],
-        "violations": [], "exec_s": [], "traps": [], "logits": [], "user_latency": [],
+        "violations": [], "exec_s": [], "traps": [], "logits": [], "user_latency": [], "request_s": 0.0,
     })
 
     @property
@@ -148,7 +156,12 @@ class AsyncLMRuntime:
         num_pages: int = 512,
         page_size: int = 16,
         step_cost: StepCostModel | None = None,  # charge fitted forward costs instead of raw timings
+        request_ttft_s: float | None = None,
     ):
+        """``request_ttft_s``: model a stateless server (an HTTP API, TGI), where every result the
+        model must see starts a new completion request that costs one time-to-first-token: Sync after
+        each result, Sync-Parallel after each round, Async-Naive at each interrupt (charged instead of
+        its real re-prefill). None: a stateful engine (ours) that keeps the KV between calls."""
         self.model, self.vocab, self.executor, self.mode = model, vocab, executor, mode
         self.clock: Clock = executor.clock
         self.pool = pool or model.new_kv_pool(num_pages, page_size)
@@ -156,6 +169,7 @@ class AsyncLMRuntime:
         self.trap_costs = trap_costs or TrapCostModel()
         self.trap_action = trap_action
         self.step_cost = step_cost
+        self.request_ttft_s = request_ttft_s
         self.forward_s = 0.0
         self.num_forwards = 0
 
@@ -225,6 +239,8 @@ class AsyncLMRuntime:
 
     def _wake(self, s: TaskState) -> None:
         s.waiting, s.wait_for, s.at_boundary = False, None, True
+        if self.request_ttft_s is not None and self.mode in (Mode.SYNC, Mode.SYNC_PARALLEL):
+            self._new_request(s)  # the results go back to the server in a new request
         t0 = time.perf_counter()
         if s.parked is not None:
             swap_in(s.seq, s.parked)
@@ -281,7 +297,14 @@ class AsyncLMRuntime:
                 s.stats["user_latency"].append(now - s.user_arrived[msg.call_id])
         s.queued = held
         if self.mode is Mode.ASYNC_NAIVE and s.context:
-            s.restart = True  # restart the completion: the new prompt is everything so far + results
+            if self.request_ttft_s is None:
+                s.restart = True  # restart the completion: the new prompt is everything so far + results
+            else:
+                self._new_request(s)  # the server's TTFT stands for the restart (no re-prefill charged)
+
+    def _new_request(self, s: TaskState) -> None:
+        self.clock.advance(self.request_ttft_s)
+        s.stats["request_s"] += self.request_ttft_s
 
     def _after_forward(self, s: TaskState, logits: torch.Tensor) -> None:
         if s.task.record_logits:
@@ -291,6 +314,8 @@ class AsyncLMRuntime:
             return
         masked = s.monitor.mask(logits, s.calls_in_flight)
         token = s.task.source.next_token(s, masked)
+        if s.first_token_at is None:
+            s.first_token_at = self.clock.now()
         s.generated += 1
         if token in self.eos_token_ids:
             s.finish_reason = "eos"
@@ -369,6 +394,8 @@ class AsyncLMRuntime:
             interrupts=st["interrupts"], malformed=st["malformed"], violations=st["violations"],
             exec_s=st["exec_s"], trap_actions=st["traps"], finish_reason=s.finish_reason or "",
             logits=st["logits"], user_latency_s=st["user_latency"],
+            ttft_s=(s.first_token_at if s.first_token_at is not None else s.end) - s.start,
+            request_s=st["request_s"],
         )
         s.seq.release()
 

@@ -9,7 +9,8 @@ TINY = [
     "latency.tpot_reference_s=null", "sweeps.ci.parallel_tasks=1", "sweeps.ci.multi_step_tasks=1",
     "sweeps.ci.multi_step_steps=1", "sweeps.ci.trap_lengths=[32,128,256]", "sweeps.ci.accuracy_tasks=1",
     "sweeps.ci.accuracy_max_new_tokens=8", "sweeps.ci.user_interrupt_ms=[0,400]",
-    "sweeps.ci.ratio_factors=[0.5,8]",
+    "sweeps.ci.ratio_factors=[0.5,8]", "runtime.request_ttft_ms=null", "sweeps.ci.multi_step_chains=2",
+    "sweeps.ci.multi_step_max_calls=2",
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asynclm.clock import VirtualClock
+from asynclm.clock import StepCostModel, VirtualClock
 from asynclm.executor import Executor
 from asynclm.functions import LatencyModel
 from asynclm.protocol import FunctionCall, Interrupt, Tag
@@ -27,7 +27,7 @@ def _run(tiny, vocab, mode, calls=CALLS, deps=None, latency=None, key="t", promp
     latency = latency or LatencyModel(fixed={"slow": 0.05, "fast": 0.002, "boom": 0.001})
     ex = Executor(clock, latency, IMPLS)
     rt = AsyncLMRuntime(tiny.model, vocab, ex, mode, eos_token_ids=tiny.tokenizer.eos_token_ids, num_pages=64,
-                        page_size=8, trap_action=kw.pop("trap_action", None))
+                        page_size=8, trap_action=kw.pop("trap_action", None), **kw.pop("runtime_kw", {}))
     tasks = []
     for k in key.split(","):
         src = TeacherForcedSource(vocab, calls, deps or [()] * len(calls), ex.expected_latency, "ok.",
@@ -162,3 +162,27 @@ def test_wall_clock_runtime_really_waits_for_calls_and_completes(tiny, vocab):
     assert sorted(i.call_id for i in res.interrupts) == [0, 1, 2] and res.finish_reason == "eos"
     assert res.e2e_s >= 0.3  # the slow call's result cannot arrive before its latency has passed
     assert [r for r in res.exec_s if r >= 0.3]  # and it was really waited for, on the wall clock
+
+
+@pytest.mark.parametrize("mode, requests", [(Mode.SYNC, 3), (Mode.SYNC_PARALLEL, 1)])
+def test_request_ttft_adds_one_ttft_per_new_request_to_a_blocking_baseline(tiny, vocab, mode, requests):
+    # A fitted step cost makes both runs' clocks deterministic, so the difference is exactly the charges:
+    # Sync sends a new request after each of its 3 results, Sync-Parallel once after its single round.
+    cost = StepCostModel(0.01, 0.001, 0.0)
+    (plain,), _ = _run(tiny, vocab, mode, runtime_kw={"step_cost": cost})
+    (stateless,), _ = _run(tiny, vocab, mode, runtime_kw={"step_cost": cost, "request_ttft_s": 0.5})
+    assert stateless.token_ids == plain.token_ids
+    assert plain.request_s == 0.0
+    assert stateless.request_s == pytest.approx(0.5 * requests)
+    assert stateless.e2e_s - plain.e2e_s == pytest.approx(0.5 * requests)
+    assert stateless.ttft_s == pytest.approx(plain.ttft_s)  # the first request's prefill is outside the span
+    assert plain.span_s == pytest.approx(plain.e2e_s - plain.ttft_s)
+
+
+def test_with_request_ttft_async_naive_pays_a_ttft_per_interrupt_instead_of_a_reprefill(tiny, vocab):
+    cost = StepCostModel(0.01, 0.001, 0.0)
+    (naive,), _ = _run(tiny, vocab, Mode.ASYNC_NAIVE, runtime_kw={"step_cost": cost, "request_ttft_s": 0.5})
+    (asyn,), _ = _run(tiny, vocab, Mode.ASYNC, runtime_kw={"step_cost": cost, "request_ttft_s": 0.5})
+    assert naive.recomputed_tokens == 0 and naive.request_s >= 0.5
+    assert asyn.request_s == 0.0
+    assert sorted(i.call_id for i in naive.interrupts) == [0, 1, 2]
