@@ -151,34 +151,37 @@ def paged_attention_torch(
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     kv_shape = k_cache.shape[2:]
     for b in range(meta.num_seqs):
-        s, e = meta.query_start[b], meta.query_start[b + 1]
-        if e == s:
-            continue
-        slots, allowed = _visible_context(meta, b, page_size, slot_positions, sliding_window)
-        if slots.numel() == 0:  # nothing to attend to: the contract's empty result
-            out[s:e], lse[s:e] = 0, float("-inf")
-            continue
-        k = k_cache.view(-1, *kv_shape).index_select(0, slots)
-        v = v_cache.view(-1, *kv_shape).index_select(0, slots)
-        if need_lse:
-            out[s:e], lse[s:e] = attention_reference(q[s:e], k, v, allowed, scale)
-        else:
-            out[s:e] = _sdpa(q[s:e], k, v, allowed, scale)
+        for s, e, slots, allowed in _query_tiles(meta, b, page_size, slot_positions, sliding_window):
+            if slots.numel() == 0:  # nothing to attend to: the contract's empty result
+                out[s:e], lse[s:e] = 0, float("-inf")
+                continue
+            k = k_cache.view(-1, *kv_shape).index_select(0, slots)
+            v = v_cache.view(-1, *kv_shape).index_select(0, slots)
+            if need_lse:
+                out[s:e], lse[s:e] = attention_reference(q[s:e], k, v, allowed, scale)
+            else:
+                out[s:e] = _sdpa(q[s:e], k, v, allowed, scale)
     return out, lse
 
 
-def _visible_context(
-    meta: AttentionMetadata, b: int, page_size: int, slot_positions: torch.Tensor, sliding_window: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence ``b``'s context as (slot ids, (n, L') allowed mask), keeping only slots some query may see.
+# Queries per tile of a long prefill: small enough that a tile of a sliding-window layer reads
+# ~tile + window keys rather than the whole context, large enough that the matmuls stay efficient.
+QUERY_TILE = 256
 
-    Dropping columns no query can see changes nothing in the result but saves their reads and
-    arithmetic: with a sliding window (15 of Gemma 3's 18 layers) a short query block over a long
-    context reads ~window keys instead of all of them, and composed prompts hide their padding slots.
-    Computed once per forward per window size and shared by every layer (positions and masks do not
-    change between layers).
+
+def _query_tiles(
+    meta: AttentionMetadata, b: int, page_size: int, slot_positions: torch.Tensor, sliding_window: int | None
+) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """Sequence ``b``'s queries in tiles ``(start, end, slot ids, (tile, L') allowed mask)``.
+
+    Each tile keeps only the context slots one of its queries may see. Dropping columns no query
+    can see changes nothing in the result but saves their reads and arithmetic: with a sliding window
+    (15 of Gemma 3's 18 layers) a tile reads ~tile + window keys instead of the whole context, causal
+    tiles of a long prefill skip the keys after their last query, and composed prompts never read
+    their hidden padding slots. Computed once per forward per window size and shared by every layer
+    (positions and masks do not change between layers).
     """
-    key = ("visible_context", b, page_size, sliding_window)
+    key = ("query_tiles", b, page_size, sliding_window)
     if key in meta.cache:
         return meta.cache[key]
     s, e = meta.query_start[b], meta.query_start[b + 1]
@@ -191,12 +194,17 @@ def _visible_context(
     slots = pages[idx // page_size] * page_size + idx % page_size
     k_pos = slot_positions.view(-1).index_select(0, slots) if sliding_window else None
     allowed = allowed_mask(e - s, length, meta.masks[b], meta.query_positions[s:e], k_pos, sliding_window)
-    seen = allowed.any(dim=0)
-    if not bool(seen.all()):
-        keep = seen.nonzero().squeeze(1)
-        slots, allowed = slots.index_select(0, keep), allowed.index_select(1, keep)
-    meta.cache[key] = (slots, allowed)
-    return slots, allowed
+    tiles = []
+    for start in range(0, e - s, QUERY_TILE):
+        tile = allowed[start:start + QUERY_TILE]
+        seen = tile.any(dim=0)
+        tile_slots = slots
+        if not bool(seen.all()):
+            keep = seen.nonzero().squeeze(1)
+            tile_slots, tile = slots.index_select(0, keep), tile.index_select(1, keep)
+        tiles.append((s + start, s + start + tile.shape[0], tile_slots, tile))
+    meta.cache[key] = tiles
+    return tiles
 
 
 def _decode_batched(

@@ -88,7 +88,7 @@ def test_batched_decode_matches_one_sequence_at_a_time():
 
 
 def test_columns_no_query_can_see_are_skipped_without_changing_the_result():
-    from core.attention import _visible_context
+    from core.attention import _query_tiles
 
     torch.manual_seed(3)
     L, n, H, KVH, D, page, window = 40, 3, 2, 1, 8, 4, 6
@@ -107,5 +107,28 @@ def test_columns_no_query_can_see_are_skipped_without_changing_the_result():
         ref_out, ref_lse = _dense(q, k, v, allowed, 0.3)
         torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
-        slots, _ = _visible_context(meta, 0, page, pos, window_)
+        ((_, _, slots, _),) = _query_tiles(meta, 0, page, pos, window_)
         assert slots.numel() == int(allowed.any(0).sum())  # only the columns some query sees were read
+
+
+def test_a_long_query_block_in_tiles_equals_dense_attention(monkeypatch):
+    import core.attention
+
+    monkeypatch.setattr(core.attention, "QUERY_TILE", 4)
+    torch.manual_seed(4)
+    L, n, H, KVH, D, page = 23, 10, 4, 2, 8, 4
+    q, k, v = torch.randn(n, H, D), torch.randn(L, KVH, D), torch.randn(L, KVH, D)
+    pages = [3, 0, 5, 1, 4, 2]
+    kc, vc, pos = _paged(k, v, page, pages)
+    for window in (None, 5):
+        meta = AttentionMetadata([0, n], [pages], [L], [None], torch.arange(L - n, L), torch.zeros(n, dtype=torch.long))
+        for need_lse in (True, False):
+            out, lse = paged_attention_torch(q, kc, vc, pos, meta, 0.3, window, need_lse=need_lse)
+            qi, kj = torch.arange(L - n, L).unsqueeze(1), torch.arange(L).unsqueeze(0)
+            ref_out, ref_lse = _dense(q, k, v, (kj <= qi) & ((qi - kj < window) if window else True), 0.3)
+            torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+            if need_lse:
+                torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
+        tiles = core.attention._query_tiles(meta, 0, page, pos, window)
+        assert [(s, e) for s, e, _, _ in tiles] == [(0, 4), (4, 8), (8, 10)]
+        assert tiles[0][2].numel() < L  # the first tile does not read the keys after its last query
