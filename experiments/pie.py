@@ -2,8 +2,9 @@
 
 Every system runs on the same model and KV pool settings. "engine" is ``core.engine.Engine`` alone;
 "prompts" is a client driving that engine with one prompt per step (re-sending the whole
-context each time, paying a client round trip per tool call), the way an application without
-inferlets does it; "pie" is the same workload as one inferlet.
+context each time and running the tools itself, plus ``workload.rtt_ms`` per turn), the way an
+application without inferlets does it and the way the paper's baselines did; "pie" is the same
+workload as one inferlet.
 
     table2_inferlet_size       lines of code and wasm size per inferlet
     table3_tpot_overhead       time per output token, text-completion inferlet vs the bare engine
