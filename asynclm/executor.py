@@ -69,12 +69,18 @@ class Executor:
         self._pending: list[tuple[float, int, Any, FunctionCall, float, Future]] = []
         self._finished: list[CallResult] = []  # wall clock: completed, not yet polled
         self._tie = itertools.count()
+        self._occurrences: dict[tuple[int, str], int] = {}  # (owner id, call body) -> times issued
         self.issued = 0
 
     # -- submitting --------------------------------------------------------------------------
     def submit(self, owner: Any, call: FunctionCall) -> None:
         now = self.clock.now()
-        latency = self.latency.sample(call.name, f"{call.call_id}|{call.body()}")
+        # Keyed by the call itself (and how often this owner issued it before), not by its id: the ids
+        # follow emission order, which differs between systems, and the same call must take the same time.
+        body = call.body()
+        n = self._occurrences.get((id(owner), body), 0)
+        self._occurrences[id(owner), body] = n + 1
+        latency = self.latency.sample(call.name, f"{body}#{n}")
         fut = asyncio.run_coroutine_threadsafe(self._run(owner, call, now, latency), self._loop)
         ready = now + min(latency, self.timeout_s) if self.clock.virtual else float("inf")
         with self._lock:

@@ -22,8 +22,9 @@ class LatencyModel:
     """Shifted exponential latency clipped to [min_s, max_s] with the given mean (before clipping).
 
     Per-function overrides (``fixed``) pin a name to an exact latency, e.g. a slow search API. The
-    draw for a call depends only on (seed, function name, call id, arguments), so every system
-    compared (Sync, Async, ...) sees the same latency for the same call.
+    draw for a call depends only on (seed, function name, key); the executor's key is the call's body
+    and its occurrence, so every system compared (Sync, Async, ...) sees the same latency for the same
+    call whatever order it emits the calls in.
     """
 
     min_s: float = 0.030

@@ -63,3 +63,21 @@ def test_latency_draws_are_repeatable_and_within_bounds():
     assert draws == [m.sample("f", str(i)) for i in range(2000)]
     assert min(draws) >= 0.03 and max(draws) <= 0.5
     assert 0.09 < sum(draws) / len(draws) < 0.12  # clipping at 0.5 pulls the mean a little below 0.11
+
+
+def test_a_call_takes_the_same_time_whatever_id_it_was_emitted_with():
+    # Systems emit the same calls in different orders (Sync blocks, Async does not), so the ids differ;
+    # the latency must follow the call, or per-task speedups compare different function times.
+    calls = [FunctionCall(0, "f", {"x": 1}), FunctionCall(1, "g", {"y": 2}), FunctionCall(2, "f", {"x": 1})]
+    exec_s = []
+    for order in ([0, 1, 2], [1, 0, 2]):
+        with Executor(VirtualClock(), LatencyModel(), {"f": lambda x: x, "g": lambda y: y}) as ex:
+            for new_id, k in enumerate(order):
+                ex.submit("owner", FunctionCall(new_id, calls[k].name, calls[k].arguments))
+            results = []
+            while ex.num_pending():
+                ex.wait_for_any()
+                results += ex.poll()
+        exec_s.append(sorted(round(r.exec_s, 9) for r in results))
+    assert exec_s[0] == exec_s[1]
+    assert len(set(exec_s[0])) == 3  # a repeated call is drawn anew, not given its first twin's time
