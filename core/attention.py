@@ -139,7 +139,8 @@ def paged_attention_torch(
     sliding_window: int | None = None,
     need_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference paged attention over a ragged batch: one dense attention per sequence.
+    """Reference paged attention over a ragged batch: dense attention per sequence, in query tiles
+    that read only the keys their queries may see (:func:`_query_tiles`).
 
     With ``need_lse=False`` it calls torch's fused ``scaled_dot_product_attention`` (faster on the
     CPU) and returns ``lse`` unfilled; callers that merge states must ask for it.
